@@ -1,0 +1,5 @@
+"""python -m postillion → the postillion command."""
+
+from postillion.cli.main import main
+
+raise SystemExit(main())
