@@ -1,0 +1,237 @@
+"""The embedded SASL user store: one SQLite file of user names and argon2id password hashes.
+
+Owns: the on-disk format below, user name rules, password hashing and checking.
+Must not import: asyncio, config, server (callers pass the path; ``sasl.verifiers`` runs
+``verify`` in a thread).
+Follows: RFC 9106 (argon2id, via argon2-cffi's PasswordHasher defaults), SQLite URI filenames.
+
+On-disk format (``postillion_user_database``), schema version 1::
+
+    CREATE TABLE schema_version (version INTEGER NOT NULL);      -- one row: 1
+    CREATE TABLE users (
+        name          TEXT PRIMARY KEY,   -- the SASL authcid, compared exactly (case-sensitive)
+        password_hash TEXT NOT NULL,      -- PHC string "$argon2id$v=19$m=...,t=...,p=...$salt$hash"
+        created       TEXT NOT NULL,      -- UTC, ISO 8601 "2024-05-01T12:00:00Z"
+        updated       TEXT NOT NULL       -- UTC, last password change
+    );
+
+The file is created with mode 0600 and written only by ``postillion user``; smtpd workers open it
+read-only (``mode=ro``), so the rollback journal (not WAL, which needs a writable -shm file) is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from postillion.errors import PostillionError
+
+SCHEMA_VERSION = 1
+NAME_LIMIT = 255  # bytes of UTF-8; saslauthd's MAX_REQ_LEN is 256 with the NUL
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created       TEXT NOT NULL,
+    updated       TEXT NOT NULL
+);
+"""
+
+
+class UserDBError(PostillionError):
+    """A user database operation failed; the message is meant for the operator."""
+
+
+class UserExistsError(UserDBError):
+    pass
+
+
+class NoSuchUserError(UserDBError):
+    pass
+
+
+class InvalidUsernameError(UserDBError):
+    pass
+
+
+def check_username(name: str) -> None:
+    """Raise InvalidUsernameError unless ``name`` is a usable SASL user name."""
+    if not name:
+        raise InvalidUsernameError("user name must not be empty")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidUsernameError(
+            f"user name {name!r} must not contain spaces or control characters"
+        )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidUsernameError(f"user name {name!r} is not valid UTF-8") from None
+    if size > NAME_LIMIT:
+        raise InvalidUsernameError(f"user name is longer than {NAME_LIMIT} bytes")
+
+
+class UserDB:
+    """The user database at ``path``.
+
+    ``readonly=True`` (smtpd workers) never creates or changes the file.  Each call opens its own
+    short-lived connection, so one instance may be used from several threads.
+    """
+
+    def __init__(
+        self, path: Path | str, *, readonly: bool = False, hasher: PasswordHasher | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._hasher = hasher or PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    # --- administration (postillion user ...) -------------------------------------------
+
+    def add(self, name: str, password: str) -> None:
+        check_username(name)
+        digest = self._hasher.hash(password)
+        now = _now()
+        with self._connect(write=True) as db:
+            try:
+                db.execute(
+                    "INSERT INTO users (name, password_hash, created, updated) VALUES (?, ?, ?, ?)",
+                    (name, digest, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserExistsError(f"user {name} already exists") from None
+
+    def delete(self, name: str) -> None:
+        with self._connect(write=True) as db:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise NoSuchUserError(f"user {name} does not exist")
+
+    def set_password(self, name: str, password: str) -> None:
+        digest = self._hasher.hash(password)
+        with self._connect(write=True) as db:
+            cur = db.execute(
+                "UPDATE users SET password_hash = ?, updated = ? WHERE name = ?",
+                (digest, _now(), name),
+            )
+            if cur.rowcount == 0:
+                raise NoSuchUserError(f"user {name} does not exist")
+
+    def list_names(self) -> list[str]:
+        with self._connect() as db:
+            return [row[0] for row in db.execute("SELECT name FROM users ORDER BY name")]
+
+    # --- authentication ----------------------------------------------------------------
+
+    def verify(self, name: str, password: str) -> bool:
+        """True if ``name`` exists and ``password`` matches.  Blocking (argon2): run in a thread.
+
+        Unknown users cost one argon2 verification too, so timing does not tell who exists.
+        Raises UserDBError when the database cannot be read.
+        """
+        with self._connect() as db:
+            row = db.execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
+        digest = row[0] if row is not None else self._dummy()
+        try:
+            self._hasher.verify(digest, password)  # returns True or raises
+        except (VerificationError, InvalidHashError):
+            return False
+        return row is not None
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        return self._dummy_hash
+
+    @contextmanager
+    def _connect(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        if write and self.readonly:
+            raise UserDBError(f"user database {self.path} is open read-only")
+        if write:
+            self._create_if_missing()
+            uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=rw"
+        else:
+            uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise UserDBError(f"cannot open user database {self.path}: {_why(exc, self.path)}") from exc
+        try:
+            self._check_schema(db)
+            if write:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            else:
+                yield db
+        except sqlite3.Error as exc:
+            raise UserDBError(f"user database {self.path}: {exc}") from exc
+        finally:
+            db.close()
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        try:
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise UserDBError(
+                f"{self.path} is not a postillion user database ({exc})"
+            ) from exc
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise UserDBError(
+                f"{self.path}: unsupported schema version {row[0] if row else None}"
+                f" (this postillion reads version {SCHEMA_VERSION})"
+            )
+
+    def _create_if_missing(self) -> None:
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        # Create with 0600 ourselves (whatever the umask), fill it, then rename into place so a
+        # reader never sees a file without a schema.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            finally:
+                db.close()
+            os.link(tmp, self.path)  # fails if someone else created it meanwhile: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _why(exc: sqlite3.Error, path: Path) -> str:
+    """sqlite3 says only "unable to open database file"; find out what the operator must fix."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "No such file or directory (create it with: postillion user add NAME)"
+    except OSError as err:
+        return f"{err.strerror} (uid {os.geteuid()} must be able to reach the file)"
+    if not os.access(path, os.R_OK):
+        return f"Permission denied (the file must be readable by uid {os.geteuid()})"
+    return str(exc)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
