@@ -1,0 +1,73 @@
+"""The lookup-table protocol and the small parsing helpers every table type shares.
+
+Owns: ``Table`` (async ``lookup(key) -> str | None``), brace handling for ``{ ... }`` values,
+and the case folding rule.
+Must not import: anything above ``errors`` (no config, policy or server).
+Follows: Postfix DATABASE_README and postconf(5) "type:name" tables; keys are folded to
+lower case like Postfix's DICT_FLAG_FOLD_FIX, values are returned as stored.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from postillion.errors import ConfigError
+
+
+@runtime_checkable
+class Table(Protocol):
+    """One opened lookup table.
+
+    ``lookup`` returns the value for ``key`` or None when the key is not in the table.
+    It raises ``TableLookupError`` when the table cannot be asked (Postfix's
+    DICT_ERR_RETRY), which callers turn into ``451 4.3.0 ... Temporary lookup failure``.
+    ``spec`` is the ``type:name`` the table was opened from, for log messages.
+    """
+
+    spec: str
+
+    async def lookup(self, key: str) -> str | None: ...
+
+
+def fold(key: str) -> str:
+    """Case folding for lookup keys (Postfix folds fixed-string keys to lower case)."""
+    return key.lower()
+
+
+def strip_braces(text: str, *, spec: str, what: str = "value") -> str:
+    """``{ text }`` -> ``text``; plain text is returned stripped.
+
+    An opening brace without its closing brace is a configuration error, as in Postfix's
+    extpar() ("missing '}'").
+    """
+    t = text.strip()
+    if not t.startswith("{"):
+        return t
+    if not t.endswith("}"):
+        raise ConfigError(f"missing '}}' in {what}: {text!r}", name=spec,
+                          fix="close the { ... } group")
+    return t[1:-1].strip()
+
+
+def split_words(text: str) -> list[str]:
+    """Split on commas and whitespace, keeping ``{ ... }`` groups whole (Postfix mystrtokq)."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    seps = ", \t\r\n"
+    while i < n:
+        while i < n and text[i] in seps:
+            i += 1
+        if i >= n:
+            break
+        start, depth = i, 0
+        while i < n:
+            c = text[i]
+            if c == "{":
+                depth += 1
+            elif c == "}" and depth > 0:
+                depth -= 1
+            elif depth == 0 and c in seps:
+                break
+            i += 1
+        words.append(text[start:i])
+    return words
