@@ -1,0 +1,102 @@
+"""A worker process: serves SMTP sessions on the listening sockets the supervisor hands it.
+
+Owns: the worker's event loop, one ServiceContext per listener, graceful stop on SIGTERM
+(stop accepting, let every open session finish), and reporting counts for `postillion status`.
+Must not import: cli.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from typing import Any, Protocol
+
+from postillion.config import Configuration
+from postillion.errors import ConfigError
+from postillion.maillog import MailLog
+from postillion.server.anvil import AnvilClient
+from postillion.server.service import ServiceContext, build_service
+from postillion.server.session import SessionCounters, SmtpProtocol
+
+REPORT_INTERVAL = 1.0  # seconds between status reports
+
+
+class ListenerLike(Protocol):
+    service: Any
+    sock: Any
+
+
+class WorkerContextLike(Protocol):
+    anvil_path: Any
+    sinks: Any
+
+    def report(self, **counts: int) -> None: ...
+
+
+def make_log(params: Any, sink: Any, main_syslog_name: str) -> MailLog:
+    return MailLog(params.get("syslog_name"), "smtpd", sink=sink, main_syslog_name=main_syslog_name)
+
+
+def worker_main(cfg: Configuration, listeners: list[ListenerLike], wctx: WorkerContextLike) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(_serve(cfg, listeners, wctx))
+
+
+async def _serve(cfg: Configuration, listeners: list[ListenerLike], wctx: WorkerContextLike) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    counters = SessionCounters()
+    sessions: set[asyncio.Task[None]] = set()
+    anvil = AnvilClient(wctx.anvil_path) if getattr(wctx, "anvil_path", None) else None
+    servers: list[asyncio.base_events.Server] = []
+    contexts: list[ServiceContext] = []
+    for listener in listeners:
+        params = cfg.params(listener.service)
+        log = make_log(params, wctx.sinks, cfg.params().get("syslog_name"))
+        try:
+            sctx = build_service(listener.service, params, log=log, anvil=anvil)
+        except ConfigError as exc:
+            log.fatal(str(exc))
+            return 1
+        try:
+            sctx.queue.ensure_layout()
+        except OSError as exc:
+            log.fatal(f"queue directory {sctx.queue.queue_directory}: {exc}")
+            return 1
+        contexts.append(sctx)
+        server = await loop.create_server(
+            lambda sctx=sctx: SmtpProtocol(sctx, counters, sessions),  # type: ignore[misc]
+            sock=listener.sock,
+            ssl=sctx.ssl_context if sctx.wrappermode else None,
+            ssl_handshake_timeout=sctx.starttls_timeout if sctx.wrappermode else None,
+        )
+        servers.append(server)
+
+    async def report() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                wctx.report(**dataclasses.asdict(counters))
+            await asyncio.sleep(REPORT_INTERVAL)
+
+    reporter = loop.create_task(report())
+    await stop.wait()
+    for server in servers:
+        server.close()  # closes this process's copy of the listening socket only
+    if sessions:
+        limit = max((c.timeout for c in contexts), default=300.0) + 10
+        await asyncio.wait(set(sessions), timeout=limit)
+    reporter.cancel()
+    with contextlib.suppress(Exception):
+        wctx.report(**dataclasses.asdict(counters))
+    if anvil is not None:
+        await anvil.close()
+    return 0
