@@ -124,9 +124,10 @@ def parse_mail_params(
         if key == "SIZE" and eq:
             if not value.isascii() or not value.isdigit():
                 raise ParamError(replies.BAD_SIZE)
-            size = int(value)
-            if size > _OFF_T_MAX:
+            # (digits counted first: int() refuses strings of more than 4300 digits)
+            if len(value.lstrip("0")) > 19 or int(value) > _OFF_T_MAX:
                 raise ParamError(replies.R(552, "5.3.4", "Message size exceeds file system imposed limit"))
+            size = int(value)
         elif key == "BODY" and eq and value.upper() in ("7BIT", "8BITMIME"):
             body = value.upper()
         elif key == "SMTPUTF8" and not eq and smtputf8_enable:
