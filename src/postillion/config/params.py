@@ -174,6 +174,31 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("max_use", "int", "100", "Connections a process handles before it exits"),
     ("service_name", "str", "", "The master.cf service name of the running process (read-only)"),
     ("process_name", "str", "", "The name of the running program (read-only)"),
+    ("smtpd_relay_before_recipient_restrictions", "bool",
+     "${{$compatibility_level} <level {3.6} ? {no} : {yes}}",
+     "Evaluate smtpd_relay_restrictions before smtpd_recipient_restrictions"),
+    ("parent_domain_matches_subdomains", "list",
+     "debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,"
+     "qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
+     "Features where a domain name matches its subdomains"),
+    ("smtpd_recipient_overshoot_limit", "int", "1000",
+     "Recipients past smtpd_recipient_limit before each one counts as an error"),
+    ("smtpd_null_access_lookup_key", "str", "<>", "Lookup key for the null sender in access tables"),
+    ("non_fqdn_reject_code", "int", "504", "Reply code for reject_non_fqdn_*"),
+    ("invalid_hostname_reject_code", "int", "501", "Reply code for reject_invalid_helo_hostname"),
+    ("allow_untrusted_routing", "bool", "no", "Relay for source-routed addresses (user%host@...)"),
+    ("show_user_unknown_table_name", "bool", "yes", "Name the recipient table in User unknown replies"),
+    ("smtpd_restriction_classes", "list", "", "User-defined aliases for groups of restrictions"),
+    ("virtual_alias_domains", "list", "$virtual_alias_maps", "Virtual alias domains"),
+    ("virtual_alias_maps", "list", "", "Virtual alias tables"),
+    ("virtual_mailbox_domains", "list", "$virtual_mailbox_maps", "Virtual mailbox domains"),
+    ("virtual_mailbox_maps", "list", "", "Virtual mailbox tables"),
+    ("enable_long_queue_ids", "bool", "no", "Long, non-repeating queue IDs"),
+    ("smtpd_tls_ask_ccert", "bool", "no", "Ask the client for a certificate"),
+    ("smtpd_tls_CAfile", "str", "", "CA certificates for client certificate verification"),
+    ("daemon_directory", "str", "/usr/libexec/postillion", "Where the server programs live (for log texts)"),
+    ("service_throttle_time", "time", "60s", "How long to pause a service whose processes keep failing"),
+    ("anvil_status_update_time", "time", "600s", "How often anvil logs its peak statistics"),
     # --- postillion's own
     ("postillion_worker_processes", "int", "0", "Server worker processes (0: number of CPUs)"),
     ("postillion_user_database", "str", "$data_directory/users.sqlite", "SQLite user database for SASL"),
@@ -183,18 +208,30 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
 OWN_PREFIX = "postillion_"
 
 # Restriction names policy understands; the check_*_access ones take a type:name argument.
-KNOWN_RESTRICTIONS: frozenset[str] = frozenset({
-    "permit", "reject", "defer", "permit_sasl_authenticated", "permit_mynetworks",
-    "reject_unauth_destination", "defer_unauth_destination", "permit_auth_destination",
-    "reject_sender_login_mismatch", "reject_authenticated_sender_login_mismatch",
-    "reject_unauthenticated_sender_login_mismatch", "reject_unlisted_recipient",
-    "reject_unlisted_sender", "reject_non_fqdn_sender", "reject_non_fqdn_recipient",
-    "reject_non_fqdn_helo_hostname", "reject_invalid_helo_hostname", "reject_unauth_pipelining",
-    "check_client_access", "check_helo_access", "check_sender_access", "check_recipient_access",
-    "warn_if_reject", "permit_tls_clientcerts",
-})
+# Restrictions whose next word is a type:name table.
 RESTRICTIONS_WITH_TABLE: frozenset[str] = frozenset({
     "check_client_access", "check_helo_access", "check_sender_access", "check_recipient_access",
+})
+# Postfix's other names for the same restriction.
+RESTRICTION_ALIASES: dict[str, str] = {
+    "reject_invalid_hostname": "reject_invalid_helo_hostname",
+    "reject_non_fqdn_hostname": "reject_non_fqdn_helo_hostname",
+    "check_recipient_maps": "reject_unlisted_recipient",
+}
+# Every restriction name postillion implements (policy.engine evaluates exactly these).
+KNOWN_RESTRICTIONS: frozenset[str] = frozenset({
+    "permit", "reject", "defer", "defer_if_permit", "defer_if_reject", "warn_if_reject",
+    "reject_unauth_pipelining",
+    "permit_mynetworks", "permit_sasl_authenticated",
+    "permit_tls_clientcerts", "permit_tls_all_clientcerts",
+    "reject_invalid_helo_hostname", "reject_non_fqdn_helo_hostname",
+    "reject_non_fqdn_sender", "reject_unlisted_sender",
+    "reject_sender_login_mismatch", "reject_authenticated_sender_login_mismatch",
+    "reject_unauthenticated_sender_login_mismatch", "reject_known_sender_login_mismatch",
+    "permit_auth_destination", "reject_unauth_destination", "defer_unauth_destination",
+    "reject_non_fqdn_recipient", "reject_unlisted_recipient",
+    *RESTRICTIONS_WITH_TABLE,
+    *RESTRICTION_ALIASES,
 })
 RESTRICTION_PARAMETERS: tuple[str, ...] = (
     "smtpd_client_restrictions", "smtpd_helo_restrictions", "smtpd_sender_restrictions",

@@ -2,7 +2,8 @@
 
 Owns: the catalog (supported names, aliases, names Postfix has that postillion lacks),
 Step, and parse_restrictions() with its "did you mean" diagnostics.
-Must not import: config, server.  Uses ``tables`` to open check_*_access tables.
+Must not import: server.  Uses ``tables`` to open check_*_access tables; the name lists
+themselves live in ``config.params`` so that ``postillion check`` and this module agree.
 Follows: postconf(5) smtpd_*_restrictions, access(5); Postfix smtpd_check.c
 smtpd_check_parse(), is_map_command() and generic_checks().
 """
@@ -14,34 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from postillion.config.params import KNOWN_RESTRICTIONS, RESTRICTION_ALIASES, RESTRICTIONS_WITH_TABLE
 from postillion.errors import ConfigError
 from postillion.tables import Table, split_spec
 
-# Restrictions whose next word is a type:name table.
-MAP_COMMANDS = frozenset({
-    "check_client_access", "check_helo_access", "check_sender_access", "check_recipient_access",
-})
-
-# Postfix's other names for the same restriction.
-ALIASES = {
-    "reject_invalid_hostname": "reject_invalid_helo_hostname",
-    "reject_non_fqdn_hostname": "reject_non_fqdn_helo_hostname",
-    "check_recipient_maps": "reject_unlisted_recipient",
-}
-
-SUPPORTED = frozenset({
-    "permit", "reject", "defer", "defer_if_permit", "defer_if_reject", "warn_if_reject",
-    "reject_unauth_pipelining",
-    "permit_mynetworks", "permit_sasl_authenticated",
-    "permit_tls_clientcerts", "permit_tls_all_clientcerts",
-    "reject_invalid_helo_hostname", "reject_non_fqdn_helo_hostname",
-    "reject_non_fqdn_sender", "reject_unlisted_sender",
-    "reject_sender_login_mismatch", "reject_authenticated_sender_login_mismatch",
-    "reject_unauthenticated_sender_login_mismatch", "reject_known_sender_login_mismatch",
-    "permit_auth_destination", "reject_unauth_destination", "defer_unauth_destination",
-    "reject_non_fqdn_recipient", "reject_unlisted_recipient",
-    *MAP_COMMANDS,
-})
+# The names live in config (postillion check validates them); aliases map to their targets.
+MAP_COMMANDS = RESTRICTIONS_WITH_TABLE
+ALIASES = RESTRICTION_ALIASES
+SUPPORTED = KNOWN_RESTRICTIONS - RESTRICTION_ALIASES.keys()
 
 # Real Postfix restrictions postillion does not implement: a distinct error, so nobody
 # hunts for a typo that is not there.

@@ -106,6 +106,7 @@ def build_service(
         message_size_limit=params.get_int("message_size_limit"),
         line_length_limit=params.get_int("line_length_limit"),
         recipient_limit=params.get_int("smtpd_recipient_limit"),
+        recipient_overshoot_limit=params.get_int("smtpd_recipient_overshoot_limit"),
         soft_error_limit=params.get_int("smtpd_soft_error_limit"),
         hard_error_limit=params.get_int("smtpd_hard_error_limit"),
         junk_command_limit=params.get_int("smtpd_junk_command_limit"),
@@ -118,7 +119,10 @@ def build_service(
         bare_newline_reject_code=params.get_int("smtpd_forbid_bare_newline_reject_code"),
         sasl_response_limit=params.get_int("smtpd_sasl_response_limit"),
     )
-    queue = QueueStore(params.path("queue_directory") or params.config_dir / "spool")
+    queue = QueueStore(
+        params.path("queue_directory") or params.config_dir / "spool",
+        long_queue_ids=params.get_bool("enable_long_queue_ids"),
+    )
     return ServiceContext(
         service=service,
         params=params,

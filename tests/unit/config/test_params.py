@@ -11,6 +11,7 @@ from postillion.config import Params
 from postillion.config.params import (
     KNOWN_RESTRICTIONS,
     PARAMETERS,
+    RESTRICTION_ALIASES,
     default_mydomain,
     default_myhostname,
     postfix_names,
@@ -159,11 +160,10 @@ def test_service_parameters_follow_master_cf() -> None:
 
 
 def test_known_restrictions() -> None:
-    assert KNOWN_RESTRICTIONS == set("""permit reject defer permit_sasl_authenticated
-        permit_mynetworks reject_unauth_destination defer_unauth_destination
-        permit_auth_destination reject_sender_login_mismatch
-        reject_authenticated_sender_login_mismatch reject_unauthenticated_sender_login_mismatch
-        reject_unlisted_recipient reject_unlisted_sender reject_non_fqdn_sender
-        reject_non_fqdn_recipient reject_non_fqdn_helo_hostname reject_invalid_helo_hostname
-        reject_unauth_pipelining check_client_access check_helo_access check_sender_access
-        check_recipient_access warn_if_reject permit_tls_clientcerts""".split())
+    # `postillion check` and the policy engine read the same list, so they cannot drift.
+    from postillion.policy._restrictions import SUPPORTED
+
+    assert KNOWN_RESTRICTIONS == SUPPORTED | set(RESTRICTION_ALIASES)
+    assert set(RESTRICTION_ALIASES.values()) <= SUPPORTED
+    assert {"permit_sasl_authenticated", "reject_unauth_destination",
+            "reject_sender_login_mismatch", "check_sender_access"} <= KNOWN_RESTRICTIONS
