@@ -181,8 +181,6 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
      "debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,"
      "qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
      "Features where a domain name matches its subdomains"),
-    ("smtpd_recipient_overshoot_limit", "int", "1000",
-     "Recipients past smtpd_recipient_limit before each one counts as an error"),
     ("smtpd_null_access_lookup_key", "str", "<>", "Lookup key for the null sender in access tables"),
     ("non_fqdn_reject_code", "int", "504", "Reply code for reject_non_fqdn_*"),
     ("invalid_hostname_reject_code", "int", "501", "Reply code for reject_invalid_helo_hostname"),
