@@ -201,7 +201,9 @@ class Session:
                 await self._flush_tarpit()
                 if conn.closing:
                     return
-                continue  # pragma: no cover - PAUSED only happens while an event awaits a reply
+                # Every handler answers its event before returning, so the engine can only be
+                # paused here if one forgot to: fail loudly rather than spin.
+                raise RuntimeError(f"engine paused in phase {conn.phase} with no reply pending")
             await self._handle(ev)
 
     def _flush(self) -> None:
