@@ -462,7 +462,7 @@ class Params:
 
     def _error(self, name: str, value: str, what: str, fix: str) -> ConfigError:
         o = self._origins.get(name)
-        return ConfigError(f"bad {what} value: {value!r}", path=o.path if o else None,
+        return ConfigError(f'bad {what} value "{value}"', path=o.path if o else None,
                            lineno=o.lineno if o else None, name=name, fix=fix)
 
     def get_bool(self, name: str) -> bool:

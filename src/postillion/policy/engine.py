@@ -67,26 +67,6 @@ if TYPE_CHECKING:
     from postillion.config import Params
 
 # Postfix defaults of parameters the config registry may not list (postconf -d, 3.7).
-_DEFAULTS = {
-    "parent_domain_matches_subdomains": "debug_peer_list,fast_flush_domains,mynetworks,"
-    "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
-    "smtpd_null_access_lookup_key": "<>",
-    "non_fqdn_reject_code": "504",
-    "invalid_hostname_reject_code": "501",
-    "allow_untrusted_routing": "no",
-    "show_user_unknown_table_name": "yes",
-    "reject_code": "554",
-    "defer_code": "450",
-    "access_map_reject_code": "554",
-    "access_map_defer_code": "450",
-    "relay_domains_reject_code": "554",
-    "unknown_local_recipient_reject_code": "550",
-    "smtpd_reject_unlisted_recipient": "yes",
-    "smtpd_reject_unlisted_sender": "no",
-    "smtpd_delay_reject": "yes",
-    "soft_bounce": "no",
-    "smtpd_sasl_auth_enable": "no",
-}
 
 # Local parts that are always deliverable: qmgr/bounce absorb the first three
 # (smtpd_check.c check_rcpt_maps), RFC 2142 asks for abuse.
@@ -161,25 +141,15 @@ class _Run:
 
 
 def _param(p: Params, name: str) -> str:
-    value = p.get(name)
-    if value == "" and not p.is_set(name):
-        return _DEFAULTS.get(name, "")
-    return value
+    return p.get(name)
 
 
 def _bool(p: Params, name: str) -> bool:
-    value = _param(p, name).strip().lower()
-    if value not in ("yes", "no"):
-        raise ConfigError(f"bad boolean value: {value!r}", name=name, fix='use "yes" or "no"')
-    return value == "yes"
+    return p.get_bool(name)
 
 
 def _int(p: Params, name: str) -> int:
-    value = _param(p, name).strip()
-    if not value.lstrip("-").isdigit():
-        raise ConfigError(f"bad numerical value: {value!r}", name=name,
-                          fix="use a whole number such as 554")
-    return int(value)
+    return p.get_int(name)
 
 
 def _level(text: str) -> tuple[int, ...]:
