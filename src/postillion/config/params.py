@@ -200,6 +200,8 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     # --- postillion's own
     ("postillion_worker_processes", "int", "0", "Server worker processes (0: number of CPUs)"),
     ("postillion_user_database", "str", "$data_directory/users.sqlite", "SQLite user database for SASL"),
+    ("postillion_auth_cache_ttl", "time", "3600s",
+     "How long a successful login to the user store is remembered (0: never; like saslauthd -c)"),
     ("postillion_syslog_enable", "bool", "no", "Also log to syslog when maillog_file is set"),
 ])
 

@@ -24,7 +24,7 @@ from postillion.config.saslconf import (
 )
 from postillion.sasl.mechanisms import SUPPORTED_MECHANISMS
 from postillion.sasl.saslauthd import DEFAULT_SOCKET, DEFAULT_TIMEOUT, saslauthd_check, split_realm
-from postillion.sasl.userdb import UserDB, UserDBError
+from postillion.sasl.userdb import SuccessCache, UserDB, UserDBError
 
 if TYPE_CHECKING:
     from postillion.config import Params
@@ -47,9 +47,10 @@ class Verifier(Protocol):
 class UserDBVerifier:
     """Checks against the postillion user database (argon2 runs in a worker thread)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, cache_ttl: float = 0.0) -> None:
         self.path = Path(path)
         self._db = UserDB(self.path, readonly=True)
+        self._cache = SuccessCache(cache_ttl) if cache_ttl > 0 else None
 
     async def verify(
         self,
@@ -61,7 +62,7 @@ class UserDBVerifier:
         client_addr: str | None = None,
     ) -> bool:
         try:
-            return await asyncio.to_thread(self._db.verify, username, password)
+            return await asyncio.to_thread(self._db.verify, username, password, cache=self._cache)
         except UserDBError as exc:
             raise AuthBackendError(str(exc)) from exc
 
@@ -141,7 +142,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
         dirs = ", ".join(str(d) for d in sasl_conf_search_path(params))
         app = params.get("smtpd_sasl_path") or "smtpd"
         return SaslServerConfig(
-            verifier=UserDBVerifier(db),
+            verifier=UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl")),
             mechanisms=list(SUPPORTED_MECHANISMS),
             description=f"postillion user database {db} (no {app}.conf in {dirs})",
         )
@@ -174,7 +175,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
                 "pwcheck_method: saslauthd with saslauthd -a sasldb",
             )
         db = _user_database(params)
-        verifier = UserDBVerifier(db)
+        verifier = UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl"))
         description = f"postillion user database {db} (from {conf_path})"
     else:
         raise ConfigError(

@@ -249,3 +249,34 @@ def test_creates_missing_parent_directory(tmp_path: Path) -> None:
     db = UserDB(tmp_path / "a" / "b" / "users.sqlite", hasher=FAST)
     db.add("alice", "x")
     assert db.list_names() == ["alice"]
+
+
+def test_success_cache_skips_argon2_but_never_caches_failures(tmp_path: Path) -> None:
+    from argon2 import PasswordHasher
+
+    from postillion.sasl.userdb import SuccessCache, UserDB
+
+    calls: list[str] = []
+
+    class CountingHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            calls.append(str(password))
+            return super().verify(hash, password)
+
+    now = [1000.0]
+    cache = SuccessCache(60, clock=lambda: now[0])
+    db = UserDB(tmp_path / "u.sqlite", hasher=CountingHasher())
+    db.add("alice", "secret")
+    assert db.verify("alice", "secret", cache=cache)
+    assert db.verify("alice", "secret", cache=cache)
+    assert calls == ["secret"]  # the second login came from the cache
+    assert not db.verify("alice", "wrong", cache=cache)
+    assert not db.verify("alice", "wrong", cache=cache)
+    assert calls == ["secret", "wrong", "wrong"]  # failures always pay full price
+    db.set_password("alice", "new")
+    assert not db.verify("alice", "secret", cache=cache)  # the old password stops working at once
+    assert db.verify("alice", "new", cache=cache)
+    now[0] += 61
+    calls.clear()
+    assert db.verify("alice", "new", cache=cache)
+    assert calls == ["new"]  # expired after the TTL
