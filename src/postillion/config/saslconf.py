@@ -176,8 +176,20 @@ def check(params: Params) -> list[Diagnostic]:
     try:
         if not params.get_bool("smtpd_sasl_auth_enable"):
             return []
-        if (params.get("smtpd_sasl_type").strip() or "cyrus") != "cyrus":
-            return []
+        # Same verdicts as sasl.verifiers.make_sasl_server: `check` must refuse what would
+        # make every smtpd worker exit at startup.
+        sasl_type = params.get("smtpd_sasl_type").strip() or "cyrus"
+        if sasl_type == "dovecot":
+            raise param_error(
+                params,
+                "smtpd_sasl_type",
+                "not supported yet",
+                "use smtpd_sasl_type = cyrus with saslauthd or the postillion user database",
+            )
+        if sasl_type != "cyrus":
+            raise param_error(
+                params, "smtpd_sasl_type", f"unknown SASL server type {sasl_type!r}", "use cyrus"
+            )
         path = find_sasl_conf(params)
         if path is None:
             return []
