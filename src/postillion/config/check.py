@@ -88,10 +88,9 @@ class Diagnostic:
             if self.lineno is not None:
                 where += f":{self.lineno}"
             where += ": "
-        level = "warning: " if self.severity == WARNING else ""
         name = f"{self.name}: " if self.name else ""
         fix = f"; {self.fix}" if self.fix else ""
-        return f"{where}{level}{name}{self.message}{fix}"
+        return f"{where}{name}{self.message}{fix}"
 
     @classmethod
     def from_error(cls, exc: ConfigError, severity: str = ERROR) -> Diagnostic:
@@ -142,6 +141,7 @@ def check_config(config_dir: Path | str) -> list[Diagnostic]:
         master = MasterCf(config_dir / "master.cf")
     cfg = Configuration(config_dir, main, master)
     _check_duplicates(out, cfg)
+    _check_undefined(out, main, master)
     referenced = _referenced_names(main, master)
     derived = set(service_parameters((s.name, s.command) for s in master.entries))
     _check_names(out, cfg.params(), referenced, derived)
@@ -165,6 +165,27 @@ def check_config(config_dir: Path | str) -> list[Diagnostic]:
 
 
 # --- names -------------------------------------------------------------------------------
+
+def _check_undefined(out: _Collector, main: MainCf, master: MasterCf) -> None:
+    """postconf's "undefined parameter" warning.  The classic case: the recipe's submission
+    entry says ``-o smtpd_client_restrictions=$mua_client_restrictions`` and main.cf never
+    defines mua_client_restrictions, so the restriction list is silently empty."""
+    defined = {d.name for d in main.definitions} | set(PARAMETERS) | postfix_names()
+    defined |= {"service_name", "process_name", "process_id"}
+    uses: list[tuple[Origin, str, str]] = [
+        (Origin(main.path, d.lineno), d.name, d.value) for d in main.definitions
+    ]
+    for s in master.entries:
+        for name, value in s.overrides.items():
+            uses.append((Origin(master.path, s.override_linenos.get(name, s.lineno)), name, value))
+    for origin, name, value in uses:
+        for ref in dict.fromkeys(m.group(1) for m in _REF_RE.finditer(value)):
+            if ref not in defined:
+                out.add(WARNING, origin, name,
+                        f"undefined parameter ${ref}: it expands to nothing",
+                        f'define {ref} in main.cf (e.g. "{ref} = permit_sasl_authenticated, reject")'
+                        if ref.endswith("_restrictions") else f"define {ref} in main.cf")
+
 
 def _referenced_names(main: MainCf, master: MasterCf) -> set[str]:
     values = [d.value for d in main.definitions]

@@ -19,7 +19,8 @@ def write(tmp_path: Path, main: str, master: str = SMTP) -> Path:
 
 
 def rendered(config_dir: Path) -> list[str]:
-    return [d.render() for d in check_config(config_dir)]
+    """Each diagnostic as `postillion check` prints it after ``postillion: ``."""
+    return [f"{d.severity}: {d.render()}" for d in check_config(config_dir)]
 
 
 def test_clean_config_has_no_diagnostics(tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ def test_user_parameter_referenced_elsewhere_is_fine(tmp_path: Path) -> None:
 
 def test_ignored_postfix_parameter_is_a_warning(tmp_path: Path) -> None:
     assert rendered(write(tmp_path, "biff = no\n")) == [
-        "main.cf:1: warning: biff: Postfix parameter accepted but ignored by postillion; "
+        "warning: main.cf:1: biff: Postfix parameter accepted but ignored by postillion; "
         "remove it, or check docs/compatibility.md for what postillion supports"]
 
 
@@ -51,24 +52,24 @@ def test_bad_typed_values(tmp_path: Path) -> None:
     got = rendered(write(tmp_path, "smtpd_helo_required = maybe\nsmtpd_timeout = 5x\n"
                                    "message_size_limit = 10M\n"))
     assert got == [
-        'main.cf:1: smtpd_helo_required: bad boolean value "maybe"; use "yes" or "no"',
-        'main.cf:2: smtpd_timeout: bad time value "5x"; use a number with an optional unit '
+        'error: main.cf:1: smtpd_helo_required: bad boolean value "maybe"; use "yes" or "no"',
+        'error: main.cf:2: smtpd_timeout: bad time value "5x"; use a number with an optional unit '
         's, m, h, d or w, such as the default 300s',
-        'main.cf:3: message_size_limit: bad numerical value "10M"; use a whole number, '
+        'error: main.cf:3: message_size_limit: bad numerical value "10M"; use a whole number, '
         'such as the default 10240000',
     ]
 
 
 def test_duplicate_definition_warning(tmp_path: Path) -> None:
     assert rendered(write(tmp_path, "myhostname = a.test\nmyhostname = b.test\n")) == [
-        "main.cf:2: warning: myhostname: overriding earlier entry at line 1: "
+        "warning: main.cf:2: myhostname: overriding earlier entry at line 1: "
         "myhostname=a.test; remove one of the two definitions"]
 
 
 def test_override_problem_names_master_cf_line(tmp_path: Path) -> None:
     master = SMTP + "submission inet n - n - - smtpd\n  -o smtpd_tls_wrapermode=yes\n"
     assert rendered(write(tmp_path, "", master)) == [
-        'master.cf:3: smtpd_tls_wrapermode: unknown parameter; '
+        'error: master.cf:3: smtpd_tls_wrapermode: unknown parameter; '
         'did you mean "smtpd_tls_wrappermode"?']
 
 
@@ -78,18 +79,18 @@ def test_restrictions_and_tables(tmp_path: Path) -> None:
             "  reject_rbl_client zen.example\n"
             "smtpd_sender_login_maps = inline:{a@x=a}, btree:/x\n")
     assert rendered(write(tmp_path, main)) == [
-        'main.cf:1: smtpd_recipient_restrictions: unknown restriction '
+        'error: main.cf:1: smtpd_recipient_restrictions: unknown restriction '
         '"reject_unauth_destinaton"; did you mean "reject_unauth_destination"?',
-        'main.cf:1: smtpd_recipient_restrictions: unsupported lookup table type "hash" in '
+        'error: main.cf:1: smtpd_recipient_restrictions: unsupported lookup table type "hash" in '
         '"hash:/etc/postfix/access"; use one of the table types inline, proxy, static, '
         'texthash, unix',
-        'main.cf:1: smtpd_recipient_restrictions: check_client_access requires a type:name '
+        'error: main.cf:1: smtpd_recipient_restrictions: check_client_access requires a type:name '
         'table argument; write check_client_access texthash:/path/to/table',
-        'main.cf:1: smtpd_recipient_restrictions: restriction "reject_rbl_client" is not '
+        'error: main.cf:1: smtpd_recipient_restrictions: restriction "reject_rbl_client" is not '
         'implemented by postillion; remove it from the list',
-        'main.cf:1: smtpd_recipient_restrictions: unknown restriction "zen.example"; '
+        'error: main.cf:1: smtpd_recipient_restrictions: unknown restriction "zen.example"; '
         'see KNOWN_RESTRICTIONS in docs/compatibility.md',
-        'main.cf:4: smtpd_sender_login_maps: unsupported lookup table type "btree" in '
+        'error: main.cf:4: smtpd_sender_login_maps: unsupported lookup table type "btree" in '
         '"btree:/x"; use one of the table types inline, proxy, static, texthash, unix',
     ]
 
@@ -97,7 +98,7 @@ def test_restrictions_and_tables(tmp_path: Path) -> None:
 def test_encrypt_without_certificate(tmp_path: Path) -> None:
     master = SMTP + "submission inet n - n - - smtpd -o smtpd_tls_security_level=encrypt\n"
     assert rendered(write(tmp_path, "", master)) == [
-        "master.cf:2: smtpd_tls_security_level: TLS is required but no server certificate "
+        "error: master.cf:2: smtpd_tls_security_level: TLS is required but no server certificate "
         "is configured; set smtpd_tls_cert_file and smtpd_tls_key_file "
         "(or smtpd_tls_chain_files)"]
 
@@ -105,7 +106,7 @@ def test_encrypt_without_certificate(tmp_path: Path) -> None:
 def test_missing_certificate_file_names_the_path(tmp_path: Path) -> None:
     got = rendered(write(tmp_path, "smtpd_tls_security_level = may\n"
                                    "smtpd_tls_cert_file = certs/none.pem\n"))
-    assert got == [f"main.cf:2: smtpd_tls_cert_file: certificate file not found: "
+    assert got == [f"error: main.cf:2: smtpd_tls_cert_file: certificate file not found: "
                    f"{tmp_path}/certs/none.pem; fix the path, or create the file "
                    f"(e.g. with openssl req -x509)"]
 
@@ -126,13 +127,13 @@ def test_matching_and_mismatched_cert_and_key(tmp_path: Path, ca: trustme.CA) ->
     assert rendered(write(tmp_path, main)) == []
     (tmp_path / "main.cf").write_text(main.replace("key.pem", "other.pem"))
     assert rendered(tmp_path) == [
-        f"main.cf:3: smtpd_tls_key_file: private key {tmp_path}/other.pem does not match the "
+        f"error: main.cf:3: smtpd_tls_key_file: private key {tmp_path}/other.pem does not match the "
         f"certificate in {tmp_path}/cert.pem; use the key the certificate was issued for"]
 
 
 def test_auth_without_tls_warning(tmp_path: Path) -> None:
     assert rendered(write(tmp_path, "smtpd_sasl_auth_enable = yes\n")) == [
-        "main.cf:1: warning: smtpd_sasl_auth_enable: AUTH is offered without TLS: passwords "
+        "warning: main.cf:1: smtpd_sasl_auth_enable: AUTH is offered without TLS: passwords "
         "can be sent in cleartext; set smtpd_tls_auth_only = yes, or "
         "smtpd_tls_security_level = encrypt"]
     assert rendered(write(tmp_path, "smtpd_sasl_auth_enable = yes\n"
@@ -142,14 +143,14 @@ def test_auth_without_tls_warning(tmp_path: Path) -> None:
 def test_open_relay_warning(tmp_path: Path) -> None:
     master = SMTP + "2526 inet n - n - - smtpd -o smtpd_relay_restrictions=permit\n"
     assert rendered(write(tmp_path, "", master)) == [
-        "master.cf:2: warning: smtpd_relay_restrictions: 2526/inet: open relay: the relay "
+        "warning: master.cf:2: smtpd_relay_restrictions: 2526/inet: open relay: the relay "
         "and recipient restrictions permit any destination; put \"reject_unauth_destination\" "
         "before \"permit\""]
 
 
 def test_syntax_errors_are_diagnostics(tmp_path: Path) -> None:
     assert rendered(write(tmp_path, "", "smtp inet n - n -\n")) == [
-        'master.cf:1: smtp: bad field count (6 instead of at least 8) in "smtp inet n - n -"; '
+        'error: master.cf:1: smtp: bad field count (6 instead of at least 8) in "smtp inet n - n -"; '
         'write: service type private unpriv chroot wakeup maxproc command [args]']
     assert rendered(write(tmp_path, "junk\n")) == [
-        "main.cf:1: missing '=' after parameter name: \"junk\"; write \"name = value\""]
+        "error: main.cf:1: missing '=' after parameter name: \"junk\"; write \"name = value\""]

@@ -257,10 +257,10 @@ def test_check_saslauthd_warnings(tmp_path: Path) -> None:
     path = write_conf(tmp_path, "pwcheck_method: saslauthd\nmech_list: CRAM-MD5\n"
                                 f"saslauthd_path: {tmp_path}/run/mux\n")
     found = check(params(tmp_path, smtpd_sasl_auth_enable="yes"))
-    assert [d.render() for d in found] == [
-        f"{path}:2: warning: mech_list: offers neither PLAIN nor LOGIN, but saslauthd can only "
+    assert [f"{d.severity}: {d.render()}" for d in found] == [
+        f"warning: {path}:2: mech_list: offers neither PLAIN nor LOGIN, but saslauthd can only "
         "check plaintext mechanisms: no client will be able to log in; mech_list: PLAIN LOGIN",
-        f"{path}:3: warning: saslauthd_path: saslauthd socket {tmp_path}/run/mux: does not exist "
+        f"warning: {path}:3: saslauthd_path: saslauthd socket {tmp_path}/run/mux: does not exist "
         f"(is saslauthd running?); start it with saslauthd -a pam -m {tmp_path}/run",
     ]
 
