@@ -154,3 +154,16 @@ def test_syntax_errors_are_diagnostics(tmp_path: Path) -> None:
         'write: service type private unpriv chroot wakeup maxproc command [args]']
     assert rendered(write(tmp_path, "junk\n")) == [
         "error: main.cf:1: missing '=' after parameter name: \"junk\"; write \"name = value\""]
+
+
+def test_undefined_parameter_reference_is_a_warning(tmp_path: Path) -> None:
+    # The recipe's submission entry without mua_client_restrictions in main.cf: the list would
+    # silently be empty, as Postfix's postconf warns.
+    master = SMTP + "2587 inet n - n - - smtpd\n  -o smtpd_client_restrictions=$mua_client_restrictions\n"
+    assert rendered(write(tmp_path, "", master)) == [
+        "warning: master.cf:3: smtpd_client_restrictions: undefined parameter $mua_client_restrictions: "
+        'it expands to nothing; define mua_client_restrictions in main.cf (e.g. '
+        '"mua_client_restrictions = permit_sasl_authenticated, reject")'
+    ]
+    defined = "mua_client_restrictions = permit_sasl_authenticated, reject\n"
+    assert rendered(write(tmp_path, defined, master)) == []
