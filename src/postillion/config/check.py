@@ -248,12 +248,15 @@ def _check_names(out: _Collector, params: Params, referenced: set[str], derived:
             continue  # a user-defined parameter, used as $name elsewhere
         close = did_you_mean(name, list(PARAMETERS) + sorted(known))
         if close:
-            fix = f'did you mean "{close}"?'
+            out.add(ERROR, origin, name, "unknown parameter", f'did you mean "{close}"?')
         elif name.startswith(OWN_PREFIX):
-            fix = "postillion has no such parameter; remove it"
+            out.add(ERROR, origin, name, "unknown parameter",
+                    "postillion has no such parameter; remove it")
         else:
-            fix = "remove it, or use it as $" + name + " in another parameter"
-        out.add(ERROR, origin, name, "unknown parameter", fix)
+            # Postfix allows user-defined names (for $name use) and only warns when unused;
+            # a near-miss of a real name (above) is a typo and stays an error.
+            out.add(WARNING, origin, name, "unused parameter",
+                    "remove it, or use it as $" + name + " in another parameter")
 
 
 # --- master.cf ---------------------------------------------------------------------------

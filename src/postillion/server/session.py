@@ -271,6 +271,17 @@ class Session:
             self.log.info(
                 f"{self.client}: discarded {ev.detail} bytes of plaintext sent after STARTTLS"
             )
+        elif ev.kind == "size_exceeded":
+            self.proto.counters.rejects += 1
+            self.log.reject(
+                None,
+                "MAIL",
+                self.client,
+                replies.SIZE_EXCEEDED,
+                sender=ev.detail,
+                proto="ESMTP" if self.conn.esmtp else "SMTP",
+                helo=self.conn.helo_name,
+            )
 
     def _policy_context(self, *, sender: str | None = None, recipient: str | None = None) -> PolicyContext:
         return PolicyContext(

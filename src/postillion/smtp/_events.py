@@ -124,7 +124,8 @@ class Notice:
 
     kind is one of: improper_pipelining (detail = rest of input), non_smtp_command
     (detail = the line), too_many_errors, bare_lf, command_too_long,
-    discarded_after_starttls (detail = byte count).
+    discarded_after_starttls (detail = byte count), size_exceeded (MAIL SIZE= over
+    message_size_limit; detail = the sender address, for the reject log line).
     """
 
     kind: str

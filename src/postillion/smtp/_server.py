@@ -302,8 +302,16 @@ class ServerConnection:
     def close_with(self, reply: Reply) -> None:
         """Send a final reply outside the command flow (timeout, shutdown) and hang up."""
         if self.phase is not Phase.CLOSED:
+            self._count_interrupted()
             self._write(reply.with_close())
             self._close()
+
+    def _count_interrupted(self) -> None:
+        """Postfix counts a command when it starts, so one cut short by a timeout or a lost
+        connection shows as failed in the summary (``data=0/1``, ``auth=0/1``)."""
+        name = {Phase.DATA: "data", Phase.BDAT: "bdat", Phase.AUTH_RESPONSE: "auth"}.get(self.phase)
+        if name is not None:
+            self.stats.record(name, False)
 
     def next_event(self) -> Event | Sentinel:
         if self._events:
@@ -325,6 +333,7 @@ class ServerConnection:
                 return self._events.pop(0)
             if ev is NEED_DATA:
                 if self._eof and self.phase is not Phase.CLOSED:
+                    self._count_interrupted()
                     self.phase = Phase.CLOSED
                     self.closing = True
                     return ConnectionLost()
@@ -542,6 +551,12 @@ class ServerConnection:
                 words, size_limit=s.message_size_limit, smtputf8_enable=s.smtputf8_enable
             )
         except _params.ParamError as e:
+            if e.reply == replies.SIZE_EXCEEDED:
+                # Postfix smtpd_check_size() logs this one as a policy reject (NOQUEUE: reject: MAIL).
+                sender = path.strip()
+                if sender.startswith("<") and sender.endswith(">"):
+                    sender = sender[1:-1]
+                self._events.append(Notice(kind="size_exceeded", command="MAIL", detail=sender))
             self._auto("mail", e.reply)
             return None
         try:

@@ -167,3 +167,11 @@ def test_undefined_parameter_reference_is_a_warning(tmp_path: Path) -> None:
     ]
     defined = "mua_client_restrictions = permit_sasl_authenticated, reject\n"
     assert rendered(write(tmp_path, defined, master)) == []
+
+
+def test_unused_user_parameter_is_a_warning_but_a_near_miss_is_an_error(tmp_path: Path) -> None:
+    assert rendered(write(tmp_path, "my_own_list = permit\nsmtpd_tls_levle = may\n")) == [
+        "warning: main.cf:1: my_own_list: unused parameter; remove it, or use it as $my_own_list "
+        "in another parameter",
+        'error: main.cf:2: smtpd_tls_levle: unknown parameter; did you mean "smtpd_tls_security_level"?',
+    ]
