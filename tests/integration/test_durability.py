@@ -16,7 +16,7 @@ HELO = "client.example.test"
 
 @pytest.fixture
 def srv() -> Iterator[Server]:
-    server = make_server()
+    server = make_server(main={"local_header_rewrite_clients": "permit_sasl_authenticated"})
     server.start()
     try:
         yield server

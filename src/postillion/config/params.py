@@ -167,7 +167,8 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     # --- message handling
     ("recipient_delimiter", "str", "", "Separators between user names and address extensions"),
     ("always_add_missing_headers", "bool", "no", "Add missing From:/To:/Date:/Message-ID: headers"),
-    ("local_header_rewrite_clients", "list", "permit_inet_interfaces", "Clients whose headers are rewritten"),
+    ("local_header_rewrite_clients", "list", "permit_inet_interfaces, permit_sasl_authenticated",
+     "Clients whose messages get missing Date:, Message-Id: and From: headers"),
     # --- processes
     ("default_process_limit", "int", "100", "Default maximal number of processes per service"),
     ("max_idle", "time", "100s", "Time a process waits for a new connection before it exits"),

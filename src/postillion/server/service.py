@@ -54,6 +54,8 @@ class ServiceContext:
     tls_received_header: bool
     mail_name: str
     bare_newline_exclusions: list[str]
+    header_rewrite_clients: list[str]
+    mynetworks: NetworkList
 
     async def limits_apply(self, client_name: str, client_addr: str) -> bool:
         """Anvil limits skip smtpd_client_event_limit_exceptions (default $mynetworks)."""
@@ -156,4 +158,6 @@ def build_service(
         tls_received_header=params.get_bool("smtpd_tls_received_header"),
         mail_name=params.get("mail_name") or "Postfix",
         bare_newline_exclusions=params.get_list("smtpd_forbid_bare_newline_exclusions"),
+        header_rewrite_clients=[w.lower() for w in params.get_list("local_header_rewrite_clients")],
+        mynetworks=NetworkList("mynetworks", params.get_list("mynetworks"), params.config_dir),
     )

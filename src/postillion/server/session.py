@@ -130,6 +130,10 @@ class Session:
         if self.client_addr.startswith("::ffff:") and "." in self.client_addr:
             self.client_addr = self.client_addr[7:]
         self.client_port: int = int(peer[1]) if len(peer) > 1 else 0
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.local_addr: str = str(local[0])
+        if self.local_addr.startswith("::ffff:") and "." in self.local_addr:
+            self.local_addr = self.local_addr[7:]
         self.client_name: str = "unknown"
         self.sasl_username: str | None = None
         self.sasl_method: str | None = None
@@ -401,9 +405,9 @@ class Session:
             now=now,
         )
         content = ev.content
-        # Submission (an authenticated client): complete the headers a MUA may leave out,
-        # as Postfix's cleanup does for local_header_rewrite_clients.
-        add = self.sasl_username is not None or ctx.params.get_bool("always_add_missing_headers")
+        # Complete the headers a MUA may leave out, as Postfix's cleanup does for
+        # local_header_rewrite_clients (ours also lists permit_sasl_authenticated: submission).
+        add = ctx.params.get_bool("always_add_missing_headers") or await self._may_rewrite_headers()
         content, message_id = add_missing_headers(
             content,
             queue_id=pending.queue_id,
@@ -422,7 +426,7 @@ class Session:
             smtputf8=tx.params.smtputf8,
             size=tx.params.size,
             arrival_time=now.timestamp(),
-            client_name=self.client_name,
+            client_name=None if self.client_name == "unknown" else self.client_name,
             client_addr=self.client_addr,
             client_port=self.client_port,
             helo_name=self.conn.helo_name,
@@ -447,6 +451,20 @@ class Session:
         else:
             self.conn.send(replies.queued(queue_id))
         self.tx = _Transaction()
+
+    async def _may_rewrite_headers(self) -> bool:
+        for word in self.ctx.header_rewrite_clients:
+            if word == "permit_sasl_authenticated" and self.sasl_username is not None:
+                return True
+            if word == "permit_mynetworks" and await self.ctx.mynetworks.match(
+                self.client_name, self.client_addr
+            ):
+                return True
+            if word == "permit_inet_interfaces" and self.client_addr == self.local_addr:
+                return True  # the client is this machine, talking to one of our addresses
+            if word in ("static:all", "permit"):
+                return True
+        return False
 
     async def _starttls(self) -> None:
         ctx = self.ctx
@@ -584,6 +602,19 @@ class Session:
         self.conn.close_with(replies.too_many_connections(ctx.myhostname, self.client_addr))
         self._flush()
         return False
+
+
+async def log_failed_tls_accept(ctx: ServiceContext, peer: tuple[str, int], exc: BaseException) -> None:
+    """An implicit-TLS (smtps) client whose handshake failed: Postfix's four lines for it."""
+    addr, port = str(peer[0]), int(peer[1])
+    if addr.startswith("::ffff:") and "." in addr:
+        addr = addr[7:]
+    name = await _reverse_name(addr) if ctx.peername_lookup else "unknown"
+    client = client_id(name, addr, port, ctx.port_logging)
+    ctx.log.connect(client)
+    ctx.log.info(f"SSL_accept error from {client}: {exc or type(exc).__name__}")
+    ctx.log.lost_connection(client, "CONNECT")
+    ctx.log.disconnect(client, CommandCounters())
 
 
 def _counters(counts: dict[str, list[int]]) -> CommandCounters:

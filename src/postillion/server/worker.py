@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
+import ssl
 from typing import Any, Protocol
 
 from postillion.config import Configuration
@@ -18,7 +20,7 @@ from postillion.errors import ConfigError
 from postillion.maillog import MailLog
 from postillion.server.anvil import AnvilClient
 from postillion.server.service import ServiceContext, build_service
-from postillion.server.session import SessionCounters, SmtpProtocol
+from postillion.server.session import SessionCounters, SmtpProtocol, log_failed_tls_accept
 
 REPORT_INTERVAL = 1.0  # seconds between status reports
 
@@ -58,6 +60,7 @@ async def _serve(cfg: Configuration, listeners: list[ListenerLike], wctx: Worker
     sessions: set[asyncio.Task[None]] = set()
     anvil = AnvilClient(wctx.anvil_path) if getattr(wctx, "anvil_path", None) else None
     servers: list[asyncio.base_events.Server] = []
+    acceptors: list[asyncio.Task[None]] = []
     contexts: list[ServiceContext] = []
     for listener in listeners:
         params = cfg.params(listener.service)
@@ -73,11 +76,14 @@ async def _serve(cfg: Configuration, listeners: list[ListenerLike], wctx: Worker
             log.fatal(f"queue directory {sctx.queue.queue_directory}: {exc}")
             return 1
         contexts.append(sctx)
+        if sctx.wrappermode:
+            # Our own accept loop, so a failed handshake is logged like Postfix's smtpd does
+            # (create_server(ssl=...) would swallow it before any session exists).
+            acceptors.append(loop.create_task(_accept_tls(listener.sock, sctx, counters, sessions)))
+            continue
         server = await loop.create_server(
             lambda sctx=sctx: SmtpProtocol(sctx, counters, sessions),  # type: ignore[misc]
             sock=listener.sock,
-            ssl=sctx.ssl_context if sctx.wrappermode else None,
-            ssl_handshake_timeout=sctx.starttls_timeout if sctx.wrappermode else None,
         )
         servers.append(server)
 
@@ -91,6 +97,11 @@ async def _serve(cfg: Configuration, listeners: list[ListenerLike], wctx: Worker
     await stop.wait()
     for server in servers:
         server.close()  # closes this process's copy of the listening socket only
+    for acceptor in acceptors:
+        acceptor.cancel()
+    for listener in listeners:
+        with contextlib.suppress(OSError):
+            listener.sock.close()
     if sessions:
         limit = max((c.timeout for c in contexts), default=300.0) + 10
         await asyncio.wait(set(sessions), timeout=limit)
@@ -100,3 +111,41 @@ async def _serve(cfg: Configuration, listeners: list[ListenerLike], wctx: Worker
     if anvil is not None:
         await anvil.close()
     return 0
+
+
+async def _accept_tls(
+    sock: socket.socket,
+    sctx: ServiceContext,
+    counters: SessionCounters,
+    sessions: set[asyncio.Task[None]],
+) -> None:
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    while True:
+        try:
+            conn, peer = await loop.sock_accept(sock)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue  # another worker took it, or the client gave up: not our problem
+        task = loop.create_task(_start_tls_session(conn, peer, sctx, counters, sessions))
+        sessions.add(task)
+        task.add_done_callback(sessions.discard)
+
+
+async def _start_tls_session(
+    conn: socket.socket,
+    peer: tuple[str, int],
+    sctx: ServiceContext,
+    counters: SessionCounters,
+    sessions: set[asyncio.Task[None]],
+) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_accepted_socket(
+            lambda: SmtpProtocol(sctx, counters, sessions),
+            conn,
+            ssl=sctx.ssl_context,
+            ssl_handshake_timeout=sctx.starttls_timeout,
+        )
+    except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+        conn.close()
+        await log_failed_tls_accept(sctx, peer, exc)
