@@ -390,3 +390,9 @@ def test_smtps_failed_handshake_is_logged(mta: Server) -> None:
         "postfix/smtps/smtpd: disconnect from localhost[127.0.0.1] commands=0/0",
     ]
     assert lines[1].startswith("postfix/smtps/smtpd: SSL_accept error from localhost[127.0.0.1]: ")
+
+
+def test_log_lines_carry_myhostname_like_postlogd(mta: Server) -> None:
+    # "Nov 25 08:13:40 mail postfix/submission/smtpd[17362]: ..." with myhostname = mail.example.test
+    first = mta.log_text().splitlines()[0]
+    assert re.fullmatch(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d mail postfix/master\[\d+\]: .*", first), first

@@ -699,7 +699,9 @@ def run_supervisor(config_dir: Path | str, worker_main: WorkerMain, *, foregroun
     params = cfg.params()
     try:
         maillog_file = params.path("maillog_file")
+        # Postfix's postlogd writes the first label of $myhostname, not the kernel's host name.
         sinks = LogSinks(stderr=foreground and not detached, maillog_file=maillog_file,
+                         hostname=(params.get("myhostname").split(".")[0] or None),
                          syslog_also=_bool_param(params, "postillion_syslog_enable"),
                          facility=params.get("syslog_facility") or "mail")
     except OSError as exc:
