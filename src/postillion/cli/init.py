@@ -49,32 +49,38 @@ mua_helo_restrictions =
 mua_sender_restrictions =
 """
 
-MASTER_CF = """\
+MASTER_CF_HEADER = """\
 # postillion master.cf: Postfix columns. Service names may be `host:port`.
 # ==========================================================================
 # service type  private unpriv  chroot  wakeup  maxproc command + args
 #               (yes)   (yes)   (no)    (never) (100)
 # ==========================================================================
-{smtp:<10} inet  n       -       n       -       -       smtpd
-{submission:<10} inet  n       -       n       -       -       smtpd
-  -o syslog_name=postfix/submission
-  -o smtpd_tls_security_level=encrypt
-  -o smtpd_sasl_auth_enable=yes
-  -o smtpd_client_restrictions=$mua_client_restrictions
-  -o smtpd_helo_restrictions=$mua_helo_restrictions
-  -o smtpd_sender_restrictions=$mua_sender_restrictions
-  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
-  -o milter_macro_daemon_name=ORIGINATING
-{smtps:<10} inet  n       -       n       -       -       smtpd
-  -o syslog_name=postfix/smtps
-  -o smtpd_tls_wrappermode=yes
-  -o smtpd_sasl_auth_enable=yes
-  -o smtpd_client_restrictions=$mua_client_restrictions
-  -o smtpd_helo_restrictions=$mua_helo_restrictions
-  -o smtpd_sender_restrictions=$mua_sender_restrictions
-  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
-  -o milter_macro_daemon_name=ORIGINATING
 """
+SERVICE_LINE = "{name:<10} inet  n       -       n       -       -       smtpd\n"
+# The Postfix submission recipe's overrides after its TLS setting, shared by 587 and 465.
+MUA_OVERRIDES = (
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_client_restrictions=$mua_client_restrictions",
+    "smtpd_helo_restrictions=$mua_helo_restrictions",
+    "smtpd_sender_restrictions=$mua_sender_restrictions",
+    "smtpd_recipient_restrictions=permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+)
+
+
+def master_cf(names: dict[str, str]) -> str:
+    def service(name: str, *overrides: str) -> str:
+        return SERVICE_LINE.format(name=name) + "".join(f"  -o {o}\n" for o in overrides)
+
+    return (
+        MASTER_CF_HEADER
+        + service(names["smtp"])
+        + service(names["submission"], "syslog_name=postfix/submission",
+                  "smtpd_tls_security_level=encrypt", *MUA_OVERRIDES)
+        + service(names["smtps"], "syslog_name=postfix/smtps", "smtpd_tls_wrappermode=yes",
+                  *MUA_OVERRIDES)
+    )
+
 
 SMTPD_CONF = """\
 # Cyrus SASL application config for smtpd (smtpd_sasl_path = smtpd).
@@ -129,7 +135,7 @@ def main(config_dir: Path, argv: list[str]) -> int:
     main_cf.write_text(
         MAIN_CF.format(dir=config_dir, hostname=hostname, mail_owner=mail_owner, data=data, cert=cert, key=key)
     )
-    (config_dir / "master.cf").write_text(MASTER_CF.format(**names))
+    (config_dir / "master.cf").write_text(master_cf(names))
     smtpd_conf = config_dir / "sasl" / "smtpd.conf"
     if not smtpd_conf.exists() or opts.force:
         smtpd_conf.write_text(SMTPD_CONF)

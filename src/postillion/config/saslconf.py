@@ -167,6 +167,22 @@ def parse_sasl_conf(path: Path | str) -> SaslAppConfig:
     )
 
 
+def check_sasl_type(params: Params) -> None:
+    """Raise ConfigError unless ``smtpd_sasl_type`` names a SASL server postillion has."""
+    sasl_type = params.get("smtpd_sasl_type").strip() or "cyrus"
+    if sasl_type == "dovecot":
+        raise param_error(
+            params,
+            "smtpd_sasl_type",
+            "not supported yet",
+            "use smtpd_sasl_type = cyrus with saslauthd or the postillion user database",
+        )
+    if sasl_type != "cyrus":
+        raise param_error(
+            params, "smtpd_sasl_type", f"unknown SASL server type {sasl_type!r}", "use cyrus"
+        )
+
+
 def check(params: Params) -> list[Diagnostic]:
     """``postillion check`` findings for the SASL setup (none when SMTP AUTH is off).
 
@@ -176,20 +192,9 @@ def check(params: Params) -> list[Diagnostic]:
     try:
         if not params.get_bool("smtpd_sasl_auth_enable"):
             return []
-        # Same verdicts as sasl.verifiers.make_sasl_server: `check` must refuse what would
-        # make every smtpd worker exit at startup.
-        sasl_type = params.get("smtpd_sasl_type").strip() or "cyrus"
-        if sasl_type == "dovecot":
-            raise param_error(
-                params,
-                "smtpd_sasl_type",
-                "not supported yet",
-                "use smtpd_sasl_type = cyrus with saslauthd or the postillion user database",
-            )
-        if sasl_type != "cyrus":
-            raise param_error(
-                params, "smtpd_sasl_type", f"unknown SASL server type {sasl_type!r}", "use cyrus"
-            )
+        # The verdict make_sasl_server gives at startup: `check` must refuse what would
+        # make every smtpd worker exit.
+        check_sasl_type(params)
         path = find_sasl_conf(params)
         if path is None:
             return []

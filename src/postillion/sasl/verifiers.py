@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from postillion.errors import AuthBackendError, ConfigError
 from postillion.config.saslconf import (
+    check_sasl_type,
     find_sasl_conf,
     param_error,
     parse_sasl_conf,
@@ -124,18 +125,7 @@ class SaslServerConfig:
 
 def make_sasl_server(params: Params) -> SaslServerConfig:
     """Build the verifier from ``smtpd_sasl_type`` and the Cyrus application config file."""
-    sasl_type = params.get("smtpd_sasl_type").strip() or "cyrus"
-    if sasl_type == "dovecot":
-        raise param_error(
-            params,
-            "smtpd_sasl_type",
-            "not supported yet",
-            "use smtpd_sasl_type = cyrus with saslauthd or the postillion user database",
-        )
-    if sasl_type != "cyrus":
-        raise param_error(
-            params, "smtpd_sasl_type", f"unknown SASL server type {sasl_type!r}", "use cyrus"
-        )
+    check_sasl_type(params)
     conf_path = find_sasl_conf(params)
     if conf_path is None:
         db = _user_database(params)
