@@ -36,6 +36,10 @@ MASTER = """\
 127.0.0.1:{hard} inet n - n - - smtpd
   -o syslog_name=postfix/hard
   -o smtpd_hard_error_limit=3
+127.0.0.1:{noauth} inet n - n - - smtpd
+  -o syslog_name=postfix/noauth
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_exceptions_networks=127.0.0.2
 """
 
 
@@ -47,8 +51,7 @@ def plain(password: str) -> str:
 def limits() -> Iterator[Server]:
     # Empty exceptions: loopback is rate limited too (the default is $mynetworks).
     server = make_server(main={"smtpd_client_event_limit_exceptions": ""}, master=MASTER)
-    # This master.cf does not use the submission recipe's $mua_* lists, and `check` refuses
-    # parameters that nothing uses.
+    # This master.cf does not use the submission recipe's $mua_* lists.
     postillion(server.config_dir, "postconf", "-X", "mua_client_restrictions",
                "mua_helo_restrictions", "mua_sender_restrictions")
     server.add_user("alice")
@@ -198,3 +201,17 @@ def test_hard_error_limit(srv: Server) -> None:
         "postfix/hard/smtpd: too many errors after UNKNOWN from localhost[127.0.0.1]",
         "postfix/hard/smtpd: disconnect from localhost[127.0.0.1] ehlo=1 unknown=0/3 commands=1/4",
     ]
+
+
+def test_sasl_exceptions_networks_hide_auth(srv: Server) -> None:
+    """smtpd_sasl_exceptions_networks: those clients are neither offered nor allowed AUTH."""
+    ehlo = "EHLO " + HELO
+    with Wire(srv.ports["noauth"], source="127.0.0.2") as w:
+        assert w.reply() == BANNER
+        assert [line[4:] for line in w.cmd(ehlo).splitlines()][4:6] == ["ETRN", "STARTTLS"]
+        assert "AUTH" not in w.cmd(ehlo)
+        assert w.cmd(f"AUTH PLAIN {plain(PASSWORD)}") == "503 5.5.1 Error: authentication not enabled"
+    with Wire(srv.ports["noauth"], source="127.0.0.1") as w:
+        assert w.reply() == BANNER
+        assert [line[4:] for line in w.cmd(ehlo).splitlines()][4:7] == ["ETRN", "STARTTLS", "AUTH PLAIN LOGIN"]
+        assert w.cmd(f"AUTH PLAIN {plain(PASSWORD)}") == "235 2.7.0 Authentication successful"

@@ -56,6 +56,7 @@ class ServiceContext:
     bare_newline_exclusions: list[str]
     header_rewrite_clients: list[str]
     mynetworks: NetworkList
+    sasl_exceptions: NetworkList
 
     async def limits_apply(self, client_name: str, client_addr: str) -> bool:
         """Anvil limits skip smtpd_client_event_limit_exceptions (default $mynetworks)."""
@@ -160,4 +161,9 @@ def build_service(
         bare_newline_exclusions=params.get_list("smtpd_forbid_bare_newline_exclusions"),
         header_rewrite_clients=[w.lower() for w in params.get_list("local_header_rewrite_clients")],
         mynetworks=NetworkList("mynetworks", params.get_list("mynetworks"), params.config_dir),
+        sasl_exceptions=NetworkList(
+            "smtpd_sasl_exceptions_networks",
+            params.get_list("smtpd_sasl_exceptions_networks"),
+            params.config_dir,
+        ),
     )

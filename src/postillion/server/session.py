@@ -10,6 +10,7 @@ Follows: Postfix smtpd(8) behaviour and log lines (docs/compatibility.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import socket
 import ssl
@@ -175,6 +176,11 @@ class Session:
         ctx = self.ctx
         if ctx.peername_lookup:
             self.client_name = await _reverse_name(self.client_addr)
+        if ctx.settings.auth_enabled and await ctx.sasl_exceptions.match(
+            self.client_name, self.client_addr
+        ):
+            # smtpd_sasl_exceptions_networks: this client is not offered AUTH at all
+            self.conn.settings = dataclasses.replace(ctx.settings, auth_enabled=False)
         self.log.connect(self.client)
         if ctx.wrappermode:
             self._log_tls()
