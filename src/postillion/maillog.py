@@ -337,6 +337,73 @@ class MailLog:
         self.warning(f"{what} limit exceeded: {count} from {client} for service {service}")
 
 
+def format_delay(seconds: float) -> str:
+    """Postfix's delay numbers: ``0``, ``0.04``, ``1.2``, ``12`` (two significant digits below 10)."""
+    if seconds < 0.01:
+        return "0"
+    if seconds < 10:
+        text = f"{seconds:.2g}"
+        return text if "e" not in text else f"{seconds:.2f}"
+    return str(int(round(seconds)))
+
+
+class QueueLog:
+    """The queue manager's and delivery agents' lines (Postfix qmgr.c, log_adhoc.c)."""
+
+    def __init__(self, syslog_name: str, *, sink: LogSink, pid: int | None = None) -> None:
+        self.syslog_name = syslog_name
+        self.sink = sink
+        self._pid = pid
+
+    def _emit(self, process: str, text: str) -> None:
+        if any(ch in text for ch in "\r\n\0"):
+            text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
+        self.sink.emit(f"{self.syslog_name}/{process}", text, pid=self._pid)
+
+    def info(self, text: str, process: str = "qmgr") -> None:
+        self._emit(process, text)
+
+    def warning(self, text: str, process: str = "qmgr") -> None:
+        self._emit(process, f"warning: {text}")
+
+    def active(self, queue_id: str, sender: str, size: int, nrcpt: int) -> None:
+        """``ID: from=<a@b>, size=309, nrcpt=1 (queue active)``."""
+        self._emit("qmgr", f"{queue_id}: from=<{printable(sender)}>, size={size}, nrcpt={nrcpt} (queue active)")
+
+    def removed(self, queue_id: str) -> None:
+        self._emit("qmgr", f"{queue_id}: removed")
+
+    def expired(self, queue_id: str, sender: str) -> None:
+        self._emit("qmgr", f"{queue_id}: from=<{printable(sender)}>, status=expired, returned to sender")
+
+    def delivery(
+        self,
+        process: str,
+        queue_id: str,
+        *,
+        to: str,
+        orig_to: str | None,
+        relay: str,
+        delay: float,
+        delays: tuple[float, float, float, float],
+        dsn: str,
+        status: str,
+        text: str,
+    ) -> None:
+        """``ID: to=<x>, relay=mx[ip]:25, delay=0.12, delays=a/b/c/d, dsn=2.0.0, status=sent (...)``."""
+        orig = f" orig_to=<{printable(orig_to)}>," if orig_to and orig_to != to else ""
+        self._emit(
+            process,
+            f"{queue_id}: to=<{printable(to)}>,{orig} relay={relay}, delay={format_delay(delay)}, "
+            f"delays={'/'.join(format_delay(d) for d in delays)}, dsn={dsn}, "
+            f"status={status} ({printable(text, 500)})",
+        )
+
+    def notification(self, queue_id: str, kind: str, new_id: str) -> None:
+        """``ID: sender non-delivery notification: NEWID`` (bounce(8))."""
+        self._emit("bounce", f"{queue_id}: sender {kind} notification: {new_id}")
+
+
 def sasl_failure_text(mechanism: str, reason: str, username: str | None) -> str:
     """``SASL PLAIN authentication failed: authentication failure, sasl_username=alice``.
 

@@ -38,6 +38,11 @@ def is_smtpd_service(service: Service) -> bool:
     return service.type == "inet" and os.path.basename(service.command) == "smtpd"
 
 
+def is_qmgr_service(service: Service) -> bool:
+    """master.cf's ``qmgr unix n - n 300 1 qmgr``: one queue manager process, no listener."""
+    return os.path.basename(service.command) == "qmgr"
+
+
 def _protocols(params: Any) -> set[int]:
     names = {p.lower() for p in params.get_list("inet_protocols")} or {"all"}
     families: set[int] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from postillion.config import Params, Service
 from postillion.errors import ConfigError
@@ -57,6 +58,7 @@ class ServiceContext:
     header_rewrite_clients: list[str]
     mynetworks: NetworkList
     sasl_exceptions: NetworkList
+    qmgr_wake: Path
 
     async def limits_apply(self, client_name: str, client_addr: str) -> bool:
         """Anvil limits skip smtpd_client_event_limit_exceptions (default $mynetworks)."""
@@ -161,6 +163,7 @@ def build_service(
         bare_newline_exclusions=params.get_list("smtpd_forbid_bare_newline_exclusions"),
         header_rewrite_clients=[w.lower() for w in params.get_list("local_header_rewrite_clients")],
         mynetworks=NetworkList("mynetworks", params.get_list("mynetworks"), params.config_dir),
+        qmgr_wake=(params.path("data_directory") or params.config_dir / "data") / "run" / "qmgr",
         sasl_exceptions=NetworkList(
             "smtpd_sasl_exceptions_networks",
             params.get_list("smtpd_sasl_exceptions_networks"),

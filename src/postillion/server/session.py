@@ -23,6 +23,7 @@ from postillion.errors import AuthBackendError, QueueWriteError, TableLookupErro
 from postillion.maillog import CommandCounters, client_id
 from postillion.policy import PolicyContext
 from postillion.queue.envelope import Envelope, Recipient
+from postillion.queue.wakeup import wake_qmgr
 from postillion.queue.store import PendingMessage
 from postillion.replies import Reply
 from postillion.sasl.exchange import AuthExchange, Challenge, Outcome, Verify
@@ -450,6 +451,7 @@ class Session:
             self.conn.send(replies.QUEUE_WRITE_ERROR)
             return
         tx.pending = None
+        wake_qmgr(ctx.qmgr_wake)  # new mail: the queue manager need not wait for its next scan
         self.proto.counters.messages_accepted += 1
         self.log.message_id(queue_id, message_id or "")
         if ev.chunked:

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from postillion import __version__
 from postillion.errors import ConfigError
-from postillion.server.addresses import Endpoint, bind_endpoint, bind_failure, endpoints_for, is_smtpd_service
+from postillion.server.addresses import (
+    Endpoint,
+    bind_endpoint,
+    bind_failure,
+    endpoints_for,
+    is_qmgr_service,
+    is_smtpd_service,
+)
 from postillion.server.anvil import DEFAULT_RATE_TIME_UNIT, DEFAULT_STATUS_UPDATE_TIME, AnvilServer, AnvilState
 from postillion.server.privileges import (
     MailOwner,
@@ -290,6 +297,10 @@ class Supervisor:
         owner_of: dict[Endpoint, str] = {}
         try:
             for service in cfg.services:
+                if is_qmgr_service(service):
+                    listeners[service.name] = []  # a process without a listening socket
+                    endpoints[service.name] = []
+                    continue
                 if not is_smtpd_service(service):
                     continue
                 params = cfg.params(service)
@@ -347,6 +358,8 @@ class Supervisor:
         self._close_retired_sockets()
 
     def _worker_count(self, cfg: Configuration, service: Service) -> int:
+        if is_qmgr_service(service):
+            return 1  # exactly one queue manager, whatever maxproc says
         params = cfg.params(service)
         try:
             n = params.get_int("postillion_worker_processes")

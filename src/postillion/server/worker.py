@@ -42,6 +42,11 @@ def make_log(params: Any, sink: Any, main_syslog_name: str) -> MailLog:
 
 
 def worker_main(cfg: Configuration, listeners: list[ListenerLike], wctx: WorkerContextLike) -> int:
+    service = next((s for s in cfg.services if s.name == getattr(wctx, "service", None)), None)
+    if service is not None and not listeners and service.command.rpartition("/")[2] == "qmgr":
+        from postillion.server.queue_process import qmgr_main
+
+        return qmgr_main(cfg, wctx)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

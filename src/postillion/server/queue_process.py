@@ -1,0 +1,141 @@
+"""The queue manager process: qmgr plus the delivery agents, forked by the supervisor.
+
+Owns: building the QueueManager from main.cf (routing, limits, agents, bounces), the wake-up
+socket, the one-queue-manager lock, and a graceful stop on SIGTERM (deliveries in progress
+finish; the next generation's queue manager waits for the lock).
+Must not import: cli.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from postillion.config import Configuration, Params
+from postillion.delivery import DeliveryAgent
+from postillion.errors import ConfigError
+from postillion.maillog import QueueLog
+from postillion.queue import scheduler
+from postillion.queue.qmgr import QmgrSettings, QueueManager
+from postillion.queue.wakeup import WakeSocket, acquire_lock
+from postillion.queue.store import QueueStore
+
+# transport name → "module:Class" of its agent, imported when first used (uvicorn style)
+AGENTS = {
+    "smtp": "postillion.delivery.smtp:SmtpAgent",
+    "relay": "postillion.delivery.smtp:SmtpAgent",
+    "lmtp": "postillion.delivery.lmtp:LmtpAgent",
+    "local": "postillion.delivery.local:LocalAgent",
+    "virtual": "postillion.delivery.virtual:VirtualAgent",
+}
+
+
+def load_agents(params: Params, log: QueueLog) -> dict[str, DeliveryAgent]:
+    agents: dict[str, DeliveryAgent] = {}
+    for transport, target in AGENTS.items():
+        module_name, _, attr = target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            continue  # not built yet: its mail is deferred with "mail transport unavailable"
+        try:
+            agents[transport] = cls(params)
+        except ConfigError as exc:
+            log.warning(f"transport {transport}: {exc}")
+    return agents
+
+
+def routing_from(params: Params) -> scheduler.Routing:
+    def domains(name: str) -> frozenset[str]:
+        return frozenset(d.lower() for d in params.get_list(name) if ":" not in d and "/" not in d)
+
+    return scheduler.Routing(
+        mydestination=domains("mydestination"),
+        virtual_mailbox_domains=domains("virtual_mailbox_domains"),
+        relay_domains=domains("relay_domains"),
+        relayhost=params.get("relayhost").strip(),
+        default_transport=params.get("default_transport") or "smtp",
+        relay_transport=params.get("relay_transport") or "relay",
+        local_transport=params.get("local_transport") or "local",
+        virtual_transport=params.get("virtual_transport") or "virtual",
+    )
+
+
+def settings_from(params: Params) -> QmgrSettings:
+    return QmgrSettings(
+        routing=routing_from(params),
+        minimal_backoff_time=params.get_time("minimal_backoff_time"),
+        maximal_backoff_time=params.get_time("maximal_backoff_time"),
+        queue_run_delay=params.get_time("queue_run_delay"),
+        maximal_queue_lifetime=params.get_time("maximal_queue_lifetime"),
+        bounce_queue_lifetime=params.get_time("bounce_queue_lifetime"),
+        destination_concurrency_limit=params.get_int("default_destination_concurrency_limit"),
+        destination_recipient_limit=params.get_int("default_destination_recipient_limit"),
+        myhostname=params.get("myhostname"),
+        mail_name=params.get("mail_name") or "Postfix",
+    )
+
+
+def bounce_builder(params: Params) -> Any:
+    try:
+        bounce = importlib.import_module("postillion.cleanup.bounce")
+    except ImportError:
+        return None
+    myhostname = params.get("myhostname")
+
+    def build(entry: Any, failed: list[Any], now: float) -> bytes | None:
+        if not bounce.should_bounce(entry.envelope):
+            return None
+        wanted = [(r, st) for r, st in failed if bounce.notify_wanted(r, "failure")]
+        if not wanted:
+            return None
+        return bounce.non_delivery_report(
+            envelope=entry.envelope, content=entry.content, failed=wanted,
+            queue_id=entry.queue_id, myhostname=myhostname, now=now,
+        )
+
+    return build
+
+
+def qmgr_main(cfg: Configuration, wctx: Any) -> int:
+    return asyncio.run(_serve(cfg, wctx))
+
+
+async def _serve(cfg: Configuration, wctx: Any) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    params = cfg.params()
+    log = QueueLog(params.get("syslog_name") or "postfix", sink=wctx.sinks)
+    data = params.path("data_directory") or Path(params.config_dir) / "data"
+    run_dir = Path(data) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = await acquire_lock(run_dir / "qmgr.lock", stop)
+    if lock_fd is None:
+        return 0
+    try:
+        store = QueueStore(
+            params.path("queue_directory") or Path(data) / "spool",
+            long_queue_ids=params.get_bool("enable_long_queue_ids"),
+        )
+        store.ensure_layout()
+        qmgr = QueueManager(
+            store=store, settings=settings_from(params), agents=load_agents(params, log),
+            log=log, bounce=bounce_builder(params),
+        )
+        wake = WakeSocket(run_dir / "qmgr")
+        wake.open(lambda data: qmgr.wake(flush=data.startswith(b"F")))
+        try:
+            await qmgr.run(stop)
+        finally:
+            wake.close()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(lock_fd)
+    return 0
