@@ -25,6 +25,10 @@ commands:
   check                     validate main.cf, master.cf and smtpd.conf
   postconf [FLAGS] [NAME]   Postfix's postconf: -n -d -h -x -e -X -a -A -M -P
   user add|del|list|passwd  manage the embedded user store
+  queue [-j]                the mail queue, like mailq / postqueue -p (-j: JSON lines)
+  flush                     retry deferred mail now
+  delete|hold|release|requeue ID|ALL   like postsuper -d / -h / -H / -r
+  show ID                   a queued message, like postcat -q
 
 -c DIR is the configuration directory (default $POSTILLION_CONFIG or /etc/postillion).
 """
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from postillion.cli import user
 
         return user.main(config_dir, rest)
+    if command in ("queue", "flush", "delete", "hold", "release", "requeue", "show"):
+        from postillion.cli import queue
+
+        return queue.main(config_dir, [command, *rest])
     if command == "check":
         from postillion.cli import check
 

@@ -47,9 +47,12 @@ class QmgrSettings:
     mail_name: str = "Postfix"
 
 
-# A function that builds a non-delivery report: (entry, failed [(Recipient, RecipientStatus)],
-# now) → message bytes, or None when no notification is due (null sender, NOTIFY=NEVER).
-BounceBuilder = Callable[[QueueEntry, list[tuple[Recipient, RecipientStatus]], float], bytes | None]
+# Builds a non-delivery report: (entry, failed [(Recipient, RecipientStatus)], now, the new
+# message's queue id) → message bytes, or None when no notification is due (null sender,
+# NOTIFY=NEVER).  It gets the id first because Postfix's notices carry their own id.
+BounceBuilder = Callable[
+    [QueueEntry, list[tuple[Recipient, RecipientStatus]], float, str], bytes | None
+]
 
 
 @dataclass
@@ -229,22 +232,28 @@ class QueueManager:
         """Queue the notification first, then mark the recipients final (see module doc)."""
         if self.bounce is not None:
             pairs = [(entry.envelope.recipients[st.rcpt], st) for st in failed]
-            message = self.bounce(entry, pairs, self.clock())
-            if message is not None:
-                new_id = await asyncio.to_thread(self._queue_bounce, entry.envelope, message)
+            new_id = await asyncio.to_thread(self._queue_bounce, entry, pairs)
+            if new_id is not None:
                 self.log.notification(entry.queue_id, "non-delivery", new_id)
         for st in failed:
             self.store.append_status(ACTIVE, entry.queue_id, st)
 
-    def _queue_bounce(self, original: Envelope, message: bytes) -> str:
-        envelope = Envelope(
-            sender="",
-            recipients=[Recipient(address=original.sender)],
-            arrival_time=self.clock(),
-            protocol="ESMTP",
-            service="bounce",
-        )
+    def _queue_bounce(
+        self, entry: QueueEntry, failed: list[tuple[Recipient, RecipientStatus]]
+    ) -> str | None:
+        assert self.bounce is not None
+        now = self.clock()
         with self.store.begin() as pending:
+            message = self.bounce(entry, failed, now, pending.queue_id)
+            if message is None:
+                return None  # the context manager removes the unused queue file
+            envelope = Envelope(
+                sender="",
+                recipients=[Recipient(address=entry.envelope.sender)],
+                arrival_time=now,
+                protocol="ESMTP",
+                service="bounce",
+            )
             return pending.commit(envelope, message)
 
     def _finish(self, queue_id: str) -> None:

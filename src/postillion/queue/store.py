@@ -19,14 +19,31 @@ Failure semantics (read this before changing anything):
 * A ``PendingMessage`` that is never committed (client vanished, RSET, reject) is removed by
   ``abort()`` or by leaving its ``with`` block.  Temporary files left by a crash start with a
   dot and are never listed as messages.
+
+State changes after the commit (the queue manager's and postsuper's):
+
+* ``move()`` is one ``rename()`` (the message is in exactly one queue before and after it,
+  whatever happens), then fsync of the destination and the source directory.  An error
+  before the rename leaves the message where it was; an error in a directory fsync raises
+  ``QueueWriteError`` with the message already in the destination (``locate()`` tells).  A
+  message that vanished (another process moved or deleted it) raises ``FileNotFoundError``.
+* ``append_status()`` writes one ``S {json}\\n`` line with a single ``write()`` on an
+  ``O_APPEND`` descriptor, restores the file times (so appending never changes the next
+  attempt time) and fsyncs the file.  A failed write is cut off again; a line torn by a crash
+  is ignored by readers and cut off by the next append.  Appends to one file must come from
+  one process at a time (the queue manager owns the files it is delivering).
+* ``remove()`` unlinks and fsyncs the directory; ``quarantine()`` is a move to ``corrupt/``.
+* ``set_next_attempt()`` stores the time in the file's mtime, as Postfix's qmgr does, and
+  fsyncs the file; ``next_attempt()`` reads it back.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +51,7 @@ from postillion.errors import QueueWriteError
 from postillion.queue import record, safeio
 from postillion.queue.envelope import Envelope
 from postillion.queue.ids import is_valid_queue_id, make_queue_id
+from postillion.queue.record import QueueRecordError, RecipientStatus
 
 INCOMING = "incoming"
 ACTIVE = "active"
@@ -44,6 +62,58 @@ QUEUE_NAMES = (INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT)
 QUEUE_DIR_MODE = 0o700
 QUEUE_FILE_MODE = 0o600
 _ID_ATTEMPTS = 20  # collisions need a second file system or a stuck clock; give up eventually
+_HEAD_CHUNK = 65536  # read the header this much at a time to find where the trailer starts
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _to_ns(t: float) -> int:
+    # Split first: t * 1e9 as one float would round away the sub-microsecond digits.
+    sec = int(t // 1)
+    return sec * 1_000_000_000 + round((t - sec) * 1_000_000_000)
+
+
+def _from_ns(ns: int) -> float:
+    sec, rest = divmod(ns, 1_000_000_000)
+    return sec + rest / 1_000_000_000
+
+
+@dataclass(slots=True, kw_only=True)
+class QueueEntry:
+    """One message as loaded from its queue file, with its delivery statuses in file order."""
+
+    queue_id: str
+    queue: str
+    envelope: Envelope
+    content: bytes
+    statuses: list[RecipientStatus]
+
+    @property
+    def size(self) -> int:
+        """The content size in bytes (what mailq and ``postqueue -j`` call message_size)."""
+        return len(self.content)
+
+    def final_status(self, rcpt: int) -> RecipientStatus | None:
+        """The first final status of recipient *rcpt* (it is done from then on), or None."""
+        for s in self.statuses:
+            if s.rcpt == rcpt and s.final:
+                return s
+        return None
+
+    def is_done(self, rcpt: int) -> bool:
+        return self.final_status(rcpt) is not None
+
+    def pending(self) -> list[int]:
+        """Indexes of the recipients that have no final status yet, in envelope order."""
+        done = {s.rcpt for s in self.statuses if s.final}
+        return [i for i in range(len(self.envelope.recipients)) if i not in done]
+
+    def last_deferral(self, rcpt: int) -> RecipientStatus | None:
+        """The last "deferred" status of recipient *rcpt* (the reason mailq shows), or None."""
+        for s in reversed(self.statuses):
+            if s.rcpt == rcpt and not s.final:
+                return s
+        return None
 
 
 class PendingMessage:
@@ -186,3 +256,156 @@ class QueueStore:
             return record.decode(data)
         except record.QueueRecordError as exc:
             raise record.QueueRecordError(f"{queue}/{queue_id}: {exc}") from exc
+
+    # --- state changes after the commit (see the module docstring) ----------------------
+
+    def load(self, queue: str, queue_id: str) -> QueueEntry:
+        """Read and decode *queue*/*queue_id*.
+
+        FileNotFoundError when it is not there; QueueRecordError (naming queue/id) when damaged.
+        """
+        data = self.path(queue, queue_id).read_bytes()
+        try:
+            envelope, content, statuses = record.decode_entry(data)
+        except QueueRecordError as exc:
+            raise QueueRecordError(f"{queue}/{queue_id}: {exc}") from exc
+        return QueueEntry(queue_id=queue_id, queue=queue, envelope=envelope, content=content,
+                          statuses=statuses)
+
+    def move(self, queue_id: str, src: str, dst: str) -> None:
+        """Move a message from queue *src* to queue *dst* durably (rename, fsync both dirs)."""
+        if src == dst:
+            raise ValueError(f"{queue_id}: move from {src} to itself")
+        old, new = self.path(src, queue_id), self.path(dst, queue_id)
+        # rename() would silently replace a file with the same id; ids come from inodes, so
+        # this means two copies of one message: keep both and let a human decide.
+        if not os.path.lexists(old):
+            raise FileNotFoundError(errno.ENOENT, "no such queue file", str(old))
+        if os.path.lexists(new):
+            raise QueueWriteError(f"{queue_id}: move {src} to {dst}: {dst}/{queue_id} exists")
+        try:
+            self.ops.rename(old, new)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: move {src} to {dst}: {exc}") from exc
+        try:
+            self.ops.fsync_dir(new.parent)
+            self.ops.fsync_dir(old.parent)
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: moved {src} to {dst}, but: {exc}") from exc
+
+    def quarantine(self, queue: str, queue_id: str) -> None:
+        """Move a damaged message to ``corrupt/`` (the caller logs why)."""
+        self.move(queue_id, queue, CORRUPT)
+
+    def remove(self, queue: str, queue_id: str) -> None:
+        """Delete a message durably; FileNotFoundError if it is not there."""
+        path = self.path(queue, queue_id)
+        try:
+            self.ops.unlink(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: remove from {queue}: {exc}") from exc
+        try:
+            self.ops.fsync_dir(path.parent)
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: removed from {queue}, but: {exc}") from exc
+
+    def append_status(self, queue: str, queue_id: str, s: RecipientStatus) -> None:
+        """Append one recipient status to the message's trailer and fsync it.
+
+        A version 1 file is first rewritten (atomically) as version 2.
+        """
+        path = self.path(queue, queue_id)
+        line = record.encode_status(s)
+        try:
+            fd = self.ops.open(path, os.O_RDWR | os.O_APPEND | _O_CLOEXEC | _O_NOFOLLOW, 0)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: open {queue}/{queue_id}: {exc}") from exc
+        open_fd: int | None = fd
+        try:
+            st = self.ops.fstat(fd)
+            end = self._trailer_end(fd, st.st_size, queue, queue_id)
+            if end is None:  # version 1: no trailer allowed, upgrade first
+                self.ops.close(fd)
+                open_fd = None
+                self._upgrade(path, st)
+                fd = self.ops.open(path, os.O_RDWR | os.O_APPEND | _O_CLOEXEC | _O_NOFOLLOW, 0)
+                open_fd = fd
+                st = self.ops.fstat(fd)
+                end = st.st_size
+            if end != st.st_size:
+                os.ftruncate(fd, end)  # a line torn by a crash: never let it prefix ours
+            try:
+                safeio.write_all(fd, line, ops=self.ops)
+            except OSError:
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    pass  # readers ignore a torn last line; the next append cuts it off
+                raise
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))  # keep next_attempt
+            self.ops.fsync(fd)
+            open_fd = None  # close() releases the fd even when it fails
+            self.ops.close(fd)
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: append status to {queue}/{queue_id}: {exc}") from exc
+        finally:
+            if open_fd is not None:
+                try:
+                    self.ops.close(open_fd)
+                except OSError:
+                    pass
+
+    def set_next_attempt(self, queue: str, queue_id: str, when: float) -> None:
+        """Record the next delivery attempt time as the file's mtime (and atime), fsync'd."""
+        path = self.path(queue, queue_id)
+        ns = _to_ns(when)
+        try:
+            os.utime(path, ns=(ns, ns), follow_symlinks=False)
+            fd = self.ops.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW, 0)
+            try:
+                self.ops.fsync(fd)
+            finally:
+                self.ops.close(fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise QueueWriteError(f"{queue_id}: set next attempt time: {exc}") from exc
+
+    def next_attempt(self, queue: str, queue_id: str) -> float:
+        """The next delivery attempt time (the file's mtime); FileNotFoundError if gone."""
+        return _from_ns(os.stat(self.path(queue, queue_id), follow_symlinks=False).st_mtime_ns)
+
+    def _trailer_end(self, fd: int, size: int, queue: str, queue_id: str) -> int | None:
+        """Where the next status line goes: after the last complete line of the trailer.
+
+        None for a version 1 file (it must be upgraded before it gets a trailer).
+        """
+        head = b""
+        start = None
+        while start is None:
+            chunk = os.pread(fd, _HEAD_CHUNK, len(head))
+            head += chunk
+            try:
+                if record.version_of(head) == 1:
+                    return None
+                start = record.content_end(head)
+            except QueueRecordError as exc:
+                raise QueueRecordError(f"{queue}/{queue_id}: {exc}") from exc
+            if start is None and not chunk:
+                raise QueueRecordError(f"{queue}/{queue_id}: truncated queue file")
+        if size < start:
+            raise QueueRecordError(f"{queue}/{queue_id}: truncated queue file")
+        trailer = os.pread(fd, size - start, start)
+        return start + trailer.rfind(b"\n") + 1
+
+    def _upgrade(self, path: Path, st: os.stat_result) -> None:
+        envelope, content = record.decode(path.read_bytes())
+        safeio.write_atomic(path, record.encode(envelope, content), mode=QUEUE_FILE_MODE,
+                            ops=self.ops)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
