@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import importlib
 import os
 import signal
@@ -82,22 +83,21 @@ def settings_from(params: Params) -> QmgrSettings:
 
 
 def bounce_builder(params: Params) -> Any:
-    try:
-        bounce = importlib.import_module("postillion.cleanup.bounce")
-    except ImportError:
-        return None
-    myhostname = params.get("myhostname")
+    from postillion.cleanup import bounce
 
-    def build(entry: Any, failed: list[Any], now: float) -> bytes | None:
-        if not bounce.should_bounce(entry.envelope):
+    myhostname = params.get("myhostname")
+    myorigin = params.get("myorigin") or myhostname
+
+    def build(entry: Any, failed: list[Any], now: float, bounce_id: str) -> bytes | None:
+        if not bounce.should_bounce(entry.envelope, myorigin=myorigin):
             return None
-        wanted = [(r, st) for r, st in failed if bounce.notify_wanted(r, "failure")]
-        if not wanted:
-            return None
-        return bounce.non_delivery_report(
-            envelope=entry.envelope, content=entry.content, failed=wanted,
-            queue_id=entry.queue_id, myhostname=myhostname, now=now,
+        result: bytes | None = bounce.non_delivery_report(
+            envelope=entry.envelope, content=entry.content, failed=failed,
+            queue_id=entry.queue_id, bounce_id=bounce_id, myhostname=myhostname,
+            myorigin=myorigin, now=datetime.datetime.fromtimestamp(now).astimezone(),
+            bounce_size_limit=params.get_int("bounce_size_limit"),
         )
+        return result
 
     return build
 

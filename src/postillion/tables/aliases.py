@@ -1,0 +1,113 @@
+"""aliases(5) files: ``name: value, value`` read once, for ``alias_maps``.
+
+Owns: the aliases(5) source syntax (what postalias(1) and newaliases read), and
+``open_alias_maps``, which reads the source file of an indexed table named in ``alias_maps``
+(``hash:/etc/aliases`` -> ``/etc/aliases``) so an existing Postfix setting works without
+postalias; other table types go through the normal registry.
+Must not import: anything above ``errors`` and ``tables``.
+Follows: aliases(5) and postalias(1): ``#`` comment lines and blank lines are ignored; a line
+that starts with whitespace continues the previous one; an entry is ``name: value``, the
+name may be in double quotes; names are folded to lower case; on a duplicate name the first
+entry wins (postalias warns).  Relative paths are relative to the configuration directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from postillion.errors import ConfigError
+from postillion.tables._base import Table, fold, split_words
+from postillion.tables._registry import open_table, split_spec
+
+# Indexed types whose source file is an aliases(5) file when named in alias_maps.
+INDEXED_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"})
+
+
+def parse_aliases(text: str, *, path: Path | str) -> tuple[dict[str, str], list[str]]:
+    """aliases(5) text -> ``{name: value}`` and warnings; a line without ``:`` is a
+    ConfigError naming the file and line (postalias: "need name:value pair")."""
+    data: dict[str, str] = {}
+    warnings: list[str] = []
+    logical: list[tuple[int, str]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip()
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0] in " \t":
+            if not logical:
+                raise ConfigError("continuation line without a preceding entry", path=path,
+                                  lineno=lineno, fix="start each alias at the beginning of a line")
+            start, prev = logical[-1]
+            logical[-1] = (start, f"{prev} {stripped}")
+        else:
+            logical.append((lineno, line))
+    for lineno, line in logical:
+        name, value = _split_entry(line)
+        if name is None:
+            raise ConfigError(f"need name:value pair, got {line!r}", path=path, lineno=lineno,
+                              fix='write it as "name: address, address"')
+        key = fold(name)
+        if key in data:
+            warnings.append(f'{path}, line {lineno}: duplicate entry: "{key}"')
+            continue
+        data[key] = value
+    return data, warnings
+
+
+def _split_entry(line: str) -> tuple[str | None, str]:
+    if line.startswith('"'):
+        end = line.find('"', 1)
+        if end < 0:
+            return None, ""
+        name, rest = line[1:end], line[end + 1:].lstrip()
+        if not rest.startswith(":"):
+            return None, ""
+        return name, rest[1:].strip()
+    name, colon, value = line.partition(":")
+    if not colon or not name.strip() or any(c in name for c in " \t"):
+        return None, ""
+    return name.strip(), value.strip()
+
+
+class AliasFileTable:
+    """An aliases(5) file, read at open time (a later edit needs a reload, like newaliases)."""
+
+    def __init__(self, name: str, config_dir: Path | None = None) -> None:
+        self.spec = f"aliases:{name}"
+        path = Path(name)
+        if not path.is_absolute() and config_dir is not None:
+            path = Path(config_dir) / path
+        self.path = path
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            raise ConfigError("open: no such file", path=path, name=self.spec,
+                              fix="create the aliases file or fix alias_maps") from None
+        except OSError as exc:
+            raise ConfigError(f"open: {exc.strerror or exc}", path=path, name=self.spec) from exc
+        self._data, self.warnings = parse_aliases(text, path=path)
+
+    async def lookup(self, key: str) -> str | None:
+        return self._data.get(fold(key))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def open_alias_maps(value: str, config_dir: Path | str) -> list[Table]:
+    """The tables of an ``alias_maps`` value: ``hash:/etc/aliases`` (and the other indexed
+    types) read ``/etc/aliases`` as an aliases(5) file; ``inline:``, ``static:`` and the rest
+    open as usual.  ``spec`` keeps the name written in main.cf, for log messages."""
+    tables: list[Table] = []
+    for word in split_words(value):
+        type_name, name = split_spec(word)
+        if type_name == "proxy":
+            type_name, name = split_spec(name)
+        if type_name in INDEXED_TYPES:
+            table = AliasFileTable(name, Path(config_dir))
+            table.spec = f"{type_name}:{name}"
+            tables.append(table)
+        else:
+            tables.append(open_table(word, config_dir))
+    return tables

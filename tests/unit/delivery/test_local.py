@@ -1,0 +1,255 @@
+"""local(8): Maildir files on disk (exact bytes), aliases, unknown users, ownership as root."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postillion.config import Params
+from postillion.delivery import DeliveryRequest, RecipientResult
+from postillion.delivery.local import LocalAgent, MemberResult
+from postillion.delivery.maildir import (
+    MaildirError,
+    delivered_to_loop,
+    quote_local,
+    unique_name,
+    write_maildir,
+)
+from postillion.queue.envelope import Envelope, Recipient
+
+CONTENT = b"Subject: hi\r\nFrom: a@example.org\r\n\r\nbody line\r\n.dot line\r\n"
+NAME_RE = re.compile(r"^\d+\.M\d+P\d+Q\d+\.[^/]+$")
+OTHER_UID = 1001  # any uid that is not ours; the passwd entry is faked below
+
+
+@pytest.fixture
+def homes() -> Iterator[Path]:
+    """A world-traversable directory for home directories (tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="pt-local-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def passwd(homes: Path, users: dict[str, int]):
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name not in users:
+            raise KeyError(name)
+        uid = users[name]
+        return pwd.struct_passwd((name, "x", uid, uid, "", str(homes / name), "/bin/sh"))
+    return getpwnam
+
+
+def agent(homes: Path, users: dict[str, int] | None = None, *, config_dir: Path | None = None,
+          **values: str) -> tuple[LocalAgent, list[str], list[MemberResult]]:
+    warnings: list[str] = []
+    members: list[MemberResult] = []
+    params = Params.from_dict({"myhostname": "mx.test", "mydomain": "test",
+                               "recipient_delimiter": "+", **values},
+                              config_dir=config_dir or homes)
+    ids = users if users is not None else {"alice": os.getuid(), "bob": os.getuid()}
+    a = LocalAgent(params, warn=warnings.append, on_member=lambda qid, m: members.append(m),
+                   getpwnam=passwd(homes, ids))
+    return a, warnings, members
+
+
+def request(*addresses: str, content: bytes = CONTENT, sender: str = "a@example.org"):
+    rcpts = [Recipient(address=a) for a in addresses]
+    return DeliveryRequest(queue_id="4ABCDEF", envelope=Envelope(sender=sender, recipients=rcpts),
+                           content=content, recipients=list(enumerate(rcpts)),
+                           transport="local", nexthop="mx.test")
+
+
+def deliver(a: LocalAgent, req: DeliveryRequest) -> list[tuple[str, str, str, str]]:
+    results: list[RecipientResult] = asyncio.run(a.deliver(req))
+    assert [r.rcpt for r in results] == [i for i, _ in req.recipients]
+    return [(r.status, r.dsn, r.relay, r.text) for r in results]
+
+
+def only_message(maildir: Path) -> bytes:
+    files = list((maildir / "new").iterdir())
+    assert len(files) == 1
+    assert NAME_RE.match(files[0].name), files[0].name
+    assert list((maildir / "tmp").iterdir()) == []
+    return files[0].read_bytes()
+
+
+def test_delivered_to_maildir_with_exact_headers(homes: Path) -> None:
+    a, warnings, _ = agent(homes)
+    assert deliver(a, request("alice@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    maildir = homes / "alice" / "Maildir"
+    assert only_message(maildir) == (
+        b"Return-Path: <a@example.org>\nX-Original-To: alice@mx.test\n"
+        b"Delivered-To: alice@mx.test\n"
+        b"Subject: hi\nFrom: a@example.org\n\nbody line\n.dot line\n")
+    for sub in ("cur", "new", "tmp"):
+        assert stat.S_IMODE((maildir / sub).stat().st_mode) == 0o700
+    assert stat.S_IMODE(next((maildir / "new").iterdir()).stat().st_mode) == 0o600
+    assert warnings == []
+
+
+def test_null_sender_and_extension(homes: Path) -> None:
+    a, _, _ = agent(homes)
+    assert deliver(a, request("Alice+News@mx.test", sender="")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    assert only_message(homes / "alice" / "Maildir").startswith(
+        b"Return-Path: <>\nX-Original-To: Alice+News@mx.test\nDelivered-To: Alice+News@mx.test\n")
+
+
+def test_unknown_user_bounces(homes: Path) -> None:
+    a, _, _ = agent(homes)
+    assert deliver(a, request("carol+x@mx.test", "alice@mx.test")) == [
+        ("bounced", "5.1.1", "local", 'unknown user: "carol"'),
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+
+
+def test_missing_postmaster_alias_is_discarded(homes: Path) -> None:
+    a, warnings, _ = agent(homes)
+    assert deliver(a, request("postmaster@mx.test")) == [("sent", "2.0.0", "local", "discarded")]
+    assert warnings == ["required alias not found: postmaster"]
+
+
+def test_alias_with_several_members(homes: Path) -> None:
+    (homes / "aliases").write_text("team: alice, bob@mx.test\nroot: team\n")
+    a, _, members = agent(homes, alias_maps="hash:aliases")
+    assert deliver(a, request("root@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    for user in ("alice", "bob"):
+        assert only_message(homes / user / "Maildir").startswith(
+            b"Return-Path: <a@example.org>\nX-Original-To: root@mx.test\n"
+            b"Delivered-To: root@mx.test\n")
+    assert members == [
+        MemberResult("alice@mx.test", "root@mx.test", "sent", "2.0.0", "delivered to maildir"),
+        MemberResult("bob@mx.test", "root@mx.test", "sent", "2.0.0", "delivered to maildir")]
+
+
+def test_alias_loop_and_command_bounce(homes: Path) -> None:
+    (homes / "aliases").write_text("a: b\nb: a\nprog: |/usr/bin/true\n")
+    a, warnings, _ = agent(homes, alias_maps="texthash:aliases")
+    assert deliver(a, request("a@mx.test", "prog@mx.test")) == [
+        ("bounced", "5.4.6", "local", "alias database loop for a"),
+        ("bounced", "5.7.1", "local", "mail to command is restricted")]
+    assert warnings == ["alias database loop for a"]
+
+
+def test_partial_failure_reports_the_worst_member(homes: Path) -> None:
+    (homes / "aliases").write_text("team: alice, nosuch\n")
+    a, _, members = agent(homes, alias_maps="hash:aliases")
+    assert deliver(a, request("team@mx.test")) == [
+        ("bounced", "5.1.1", "local", 'unknown user: "nosuch"')]
+    assert [m.status for m in members] == ["sent", "bounced"]
+
+
+class ListForwarder:
+    """A real Forwarder that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str], bytes]] = []
+
+    async def forward(self, *, sender: str, recipients: list[str], content: bytes) -> str:
+        self.calls.append((sender, recipients, content))
+        return "5FWDED"
+
+
+def test_remote_members_are_forwarded(homes: Path) -> None:
+    (homes / "aliases").write_text("ext: x@remote.example, y@remote.example\n")
+    a, warnings, _ = agent(homes, alias_maps="hash:aliases")
+    assert deliver(a, request("ext@mx.test")) == [
+        ("deferred", "4.3.5", "local", "mail system configuration error")]
+    assert "no forwarding queue configured" in warnings[0]
+    fwd = ListForwarder()
+    a.forwarder = fwd
+    assert deliver(a, request("ext@mx.test")) == [("sent", "2.0.0", "local", "forwarded as 5FWDED")]
+    assert fwd.calls == [("a@example.org", ["x@remote.example", "y@remote.example"],
+                          b"Delivered-To: ext@mx.test\r\n" + CONTENT)]
+
+
+def test_delivered_to_loop_bounces(homes: Path) -> None:
+    a, _, _ = agent(homes)
+    looped = b"Delivered-To: other@mx.test\r\nDelivered-To:\r\n  ALICE@mx.test\r\n" + CONTENT
+    assert deliver(a, request("alice@mx.test", content=looped)) == [
+        ("bounced", "5.4.6", "local", "mail forwarding loop for alice@mx.test")]
+    assert not (homes / "alice" / "Maildir").exists()
+
+
+def test_mbox_home_mailbox_is_deferred(homes: Path) -> None:
+    a, warnings, _ = agent(homes, home_mailbox="Mailbox")
+    assert deliver(a, request("alice@mx.test")) == [
+        ("deferred", "4.3.5", "local", "mail system configuration error")]
+    assert warnings == [("4ABCDEF: home_mailbox = Mailbox: postillion delivers only to a Maildir "
+                        "(home_mailbox = Maildir/); mail stays queued")]
+
+
+def test_custom_home_mailbox(homes: Path) -> None:
+    a, _, _ = agent(homes, home_mailbox="Mail/inbox/")
+    assert deliver(a, request("alice@mx.test"))[0][0] == "sent"
+    only_message(homes / "alice" / "Mail" / "inbox")
+
+
+@pytest.mark.root
+def test_delivers_as_the_user_when_root(homes: Path) -> None:
+    (homes / "alice").mkdir()
+    os.chown(homes / "alice", OTHER_UID, OTHER_UID)
+    a, _, _ = agent(homes, {"alice": OTHER_UID})
+    assert deliver(a, request("alice@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    maildir = homes / "alice" / "Maildir"
+    msg = next((maildir / "new").iterdir())
+    for path in (maildir, maildir / "new", maildir / "cur", maildir / "tmp", msg):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (OTHER_UID, OTHER_UID), path
+    assert msg.read_bytes().startswith(b"Return-Path: <a@example.org>\n")
+
+
+@pytest.mark.root
+def test_unwritable_home_defers_with_postfix_text(homes: Path) -> None:
+    (homes / "alice").mkdir(mode=0o755)  # owned by root: the user cannot create Maildir/
+    a, warnings, _ = agent(homes, {"alice": OTHER_UID})
+    [(status, dsn, relay, text)] = deliver(a, request("alice@mx.test"))
+    assert (status, dsn, relay) == ("deferred", "4.2.0", "local")
+    assert re.fullmatch(r"maildir delivery failed: create maildir file "
+                        + re.escape(str(homes / "alice" / "Maildir" / "tmp")) + r"/\S+: "
+                        r"Permission denied", text), text
+    assert warnings[1] == "perhaps you need to create the maildirs in advance"
+
+
+# --- maildir.py helpers
+
+
+def test_unique_names_differ_and_escape_the_host() -> None:
+    a, b = unique_name("h/o:st", now=1700000000.25), unique_name("h/o:st", now=1700000000.25)
+    assert a != b
+    assert re.fullmatch(rf"1700000000\.M250000P{os.getpid()}Q\d+\.h\\057o\\072st", a)
+
+
+def test_quote_local() -> None:
+    assert quote_local("alice@example.org") == "alice@example.org"
+    assert quote_local("john doe@example.org") == '"john doe"@example.org'
+    assert quote_local('a"b@x') == '"a\\"b"@x'
+
+
+def test_delivered_to_loop_matches_whole_address() -> None:
+    msg = b"Delivered-To: xalice@mx.test\r\n\r\nDelivered-To: alice@mx.test\r\n"
+    assert not delivered_to_loop(msg, "alice@mx.test")
+
+
+def test_write_maildir_error_texts(homes: Path) -> None:
+    blocker = homes / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(MaildirError) as info:
+        write_maildir(blocker / "Maildir", b"x\n", hostname="h")
+    assert info.value.dsn == "4.2.0"
+    assert info.value.text.startswith(f"create maildir file {blocker}/Maildir/tmp/")
+    assert info.value.text.endswith(": Not a directory")
