@@ -23,6 +23,17 @@ from postillion.smtp._events import (
     StartTls,
     Vrfy,
 )
+from postillion.smtp._client import (
+    ClientConnection,
+    ClientProtocolError,
+    Closed,
+    Extensions,
+    SaslClient,
+    ServerReply,
+    dot_stuff,
+    parse_ehlo,
+    xtext_encode,
+)
 from postillion.smtp._server import CommandStats, ServerConnection, Settings
 from postillion.smtp._state import COMMANDS, SUMMARY_ORDER, Phase
 
@@ -30,4 +41,7 @@ __all__ = [
     "NEED_DATA", "PAUSED", "Auth", "AuthResponse", "COMMANDS", "CommandStats", "ConnectionLost",
     "DataStart", "Etrn", "Event", "Helo", "MailFrom", "MailParams", "MessageComplete", "Notice",
     "Phase", "RcptParams", "RcptTo", "SUMMARY_ORDER", "ServerConnection", "Settings", "StartTls", "Vrfy",
+    # client engine (smtp/_client.py)
+    "ClientConnection", "ClientProtocolError", "Closed", "Extensions", "SaslClient", "ServerReply",
+    "dot_stuff", "parse_ehlo", "xtext_encode",
 ]  # fmt: skip

@@ -1,0 +1,640 @@
+"""The smtp delivery agent: one delivery request → MX/relayhost → SMTP sessions → one result per recipient.
+
+Owns: the asyncio driver around ``smtp.ClientConnection``: connecting (smtp_connect_timeout,
+trying the next MX address), the greeting, EHLO/HELO, client STARTTLS per
+smtp_tls_security_level (none, may, encrypt, verify, secure), client SASL (PLAIN/LOGIN with
+smtp_sasl_password_maps), MAIL/RCPT/DATA with PIPELINING when offered, and Postfix's status
+texts (``host mx[ip] said: ... (in reply to RCPT TO command)``, ``connect to mx[ip]:25:
+Connection refused``, ``lost connection with ...``).
+Must not import: server, cli, maillog (the queue manager logs the results).
+Follows: Postfix smtp(8): smtp_connect.c (server iteration, FINAL_SERVER), smtp_proto.c
+(the protocol, xfer_states/xfer_request texts), smtp_trouble.c (site/message/recipient
+failures), smtp_sasl_glue.c (password lookup: remote host, then nexthop); RFC 3207, RFC 4954.
+
+Not done (yet): connection reuse, MIME downgrade for servers without 8BITMIME, BDAT, client
+certificates, DANE/fingerprint levels, loop detection against our own addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import errno
+import ipaddress
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from postillion.config import Params
+from postillion.delivery import DeliveryRequest, RecipientResult
+from postillion.delivery.dns import (
+    LookupFailure,
+    Resolver,
+    Target,
+    families_for,
+    parse_nexthop,
+)
+from postillion.errors import ConfigError, TableLookupError
+from postillion.queue.envelope import Recipient
+from postillion.smtp._client import (
+    DATA,
+    END_OF_DATA,
+    MAIL,
+    RCPT,
+    SASL_MECHANISMS,
+    ClientConnection,
+    ClientProtocolError,
+    Closed,
+    SaslClient,
+    ServerReply,
+)
+from postillion.smtp._events import NEED_DATA
+from postillion.tables import TableList, open_tables
+
+TLS_LEVELS = ("none", "may", "encrypt", "verify", "secure")
+
+# Postfix's xfer_states[] / where texts, for "lost connection with X while ...".
+W_GREETING = "receiving the initial server greeting"
+W_EHLO = "performing the EHLO handshake"
+W_HELO = "performing the HELO handshake"
+W_STARTTLS = "receiving the STARTTLS response"
+W_MAIL = "sending MAIL FROM"
+W_RCPT = "sending RCPT TO"
+W_DATA = "sending DATA command"
+W_BODY = "sending message body"
+W_DOT = "sending end of data -- message may be sent more than once"
+
+# xfer_request[]: the "(in reply to ...)" names.
+IN_REPLY_TO = {MAIL: "MAIL FROM command", RCPT: "RCPT TO command", DATA: "DATA command",
+               END_OF_DATA: "end of DATA command"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    status: str  # "sent" | "deferred" | "bounced"
+    dsn: str
+    text: str
+    relay: str
+
+
+class _SessionFail(Exception):
+    """A failure that applies to every recipient still open in this session."""
+
+    def __init__(self, dsn: str, text: str) -> None:
+        super().__init__(text)
+        self.dsn = dsn
+        self.text = text
+
+
+class _TlsFallback(Exception):
+    """STARTTLS failed at level may: Postfix retries the same server in plaintext."""
+
+
+def _failure(reply: ServerReply, namaddr: str, command: str) -> tuple[str, str]:
+    """(dsn, text) for a negative reply, as vsmtp_fill_dsn() words it."""
+    dsn = reply.enhanced
+    text = f"host {namaddr} said: {reply.text} (in reply to {IN_REPLY_TO[command]})"
+    if not dsn or dsn[0] not in "45":
+        return "5.5.0", "Protocol error: " + text
+    return dsn, text
+
+
+def _needs_smtputf8(request: DeliveryRequest) -> bool:
+    """Postfix's DELIVERY_REQUIRES_SMTPUTF8: requested, and some address or header is UTF-8."""
+    env = request.envelope
+    if not env.smtputf8:
+        return False
+    if not env.sender.isascii() or any(not r.address.isascii() for _, r in request.recipients):
+        return True
+    header_end = request.content.find(b"\r\n\r\n")
+    headers = request.content if header_end < 0 else request.content[:header_end]
+    return not headers.isascii()
+
+
+def _eight_bit(request: DeliveryRequest) -> bool:
+    return request.envelope.body_type == "8BITMIME" or not request.content.isascii()
+
+
+def _cert_names(cert: dict) -> tuple[list[str], list[str]]:
+    dns_names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    ips = [v for k, v in cert.get("subjectAltName", ()) if k == "IP Address"]
+    if not dns_names:
+        for rdn in cert.get("subject", ()):
+            dns_names += [v for k, v in rdn if k == "commonName"]
+    return dns_names, ips
+
+
+def _name_matches(pattern: str, name: str, *, subdomains: bool) -> bool:
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if subdomains:
+        # dot-nexthop: the certificate names some host below the nexthop domain.
+        base = pattern.removeprefix("*.")
+        return base == name and pattern != base or base.endswith("." + name)
+    if pattern == name:
+        return True
+    if pattern.startswith("*.") and "." in name:
+        return name.split(".", 1)[1] == pattern[2:]
+    return False
+
+
+def cert_matches(cert: dict, wanted: list[tuple[str, bool]]) -> bool:
+    """Does a verified peer certificate name one of ``wanted`` (name, subdomains-allowed)?"""
+    dns_names, ips = _cert_names(cert)
+    for name, subdomains in wanted:
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            if any(ipaddress.ip_address(v.strip()) == ip for v in ips):
+                return True
+            continue
+        if any(_name_matches(p, name, subdomains=subdomains) for p in dns_names):
+            return True
+    return False
+
+
+class SmtpAgent:
+    """``DeliveryAgent`` for the smtp (and relay) transports.
+
+    ``params``: main.cf with the service's overrides.  ``resolver``: injectable for tests
+    (default: built from postillion_dns_servers, inet_protocols, smtp_host_lookup).
+    ``clock``: monotonic seconds, for the conn/xfer delays.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        *,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.params = params
+        self.clock = clock
+        lookup = [w.lower() for w in params.get_list("smtp_host_lookup")]
+        self.resolver = resolver or Resolver(
+            params.get_list("postillion_dns_servers"),
+            families=families_for(params.get_list("inet_protocols")),
+            use_dns="dns" in lookup,
+            native="native" in lookup,
+            address_limit=params.get_int("smtp_mx_address_limit"),
+            randomize=params.get_bool("smtp_randomize_addresses"),
+        )
+        self.helo_name = params.get("smtp_helo_name")
+        self.timeouts = {name: params.get_time(f"smtp_{name}_timeout") for name in (
+            "connect", "helo", "mail", "rcpt", "data_init", "data_xfer", "data_done", "quit",
+            "starttls")}
+        self.skip_5xx_greeting = params.get_bool("smtp_skip_5xx_greeting")
+        self.session_limit = params.get_int("smtp_mx_session_limit")
+        self.soft_bounce = params.get_bool("soft_bounce")
+        self.tls_level = self._tls_level(params)
+        self.verify_match = params.get_list("smtp_tls_verify_cert_match")
+        self.secure_match = params.get_list("smtp_tls_secure_cert_match")
+        self._tls_plain_ctx: ssl.SSLContext | None = None
+        self._tls_verify_ctx: ssl.SSLContext | None = None
+        self.sasl_enable = params.get_bool("smtp_sasl_auth_enable")
+        self.sasl_maps = TableList(open_tables(params.get("smtp_sasl_password_maps"), params.config_dir)
+                                   if self.sasl_enable else [])
+        self.sasl_options = {
+            "plain": {w.lower() for w in params.get_list("smtp_sasl_security_options")},
+            "tls": {w.lower() for w in params.get_list("smtp_sasl_tls_security_options")},
+            "verified": {w.lower() for w in params.get_list("smtp_sasl_tls_verified_security_options")},
+        }
+        self.sasl_filter = [w.upper() for w in params.get_list("smtp_sasl_mechanism_filter")]
+        self.sasl_soft_bounce = params.get_bool("smtp_sasl_auth_soft_bounce")
+
+    @staticmethod
+    def _tls_level(params: Params) -> str:
+        level = params.get("smtp_tls_security_level").strip().lower()
+        if not level:
+            # Postfix's compatibility with the obsolete booleans.
+            if params.get_bool("smtp_enforce_tls"):
+                return "encrypt"
+            return "may" if params.get_bool("smtp_use_tls") else "none"
+        if level not in TLS_LEVELS:
+            raise ConfigError(f'invalid tls security level: "{level}"', name="smtp_tls_security_level",
+                              fix="use none, may, encrypt, verify or secure")
+        return level
+
+    def tls_context(self, verify: bool) -> ssl.SSLContext:
+        """The client TLS context: no verification for may/encrypt, CA checks for verify/secure.
+
+        Host names are matched by ``cert_matches`` after the handshake (Postfix's
+        smtp_tls_*_cert_match lists), so the context's own check_hostname stays off; and no
+        SNI is sent, like Postfix with smtp_tls_servername empty.
+        """
+        if verify:
+            if self._tls_verify_ctx is None:
+                ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                cafile = self.params.path("smtp_tls_CAfile")
+                if cafile is not None:
+                    ctx.load_verify_locations(cafile=str(cafile))
+                self._tls_verify_ctx = ctx
+            return self._tls_verify_ctx
+        if self._tls_plain_ctx is None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._tls_plain_ctx = ctx
+        return self._tls_plain_ctx
+
+    # ------------------------------------------------------------------ delivery
+    async def deliver(self, request: DeliveryRequest) -> list[RecipientResult]:
+        start = self.clock()
+        open_rcpts = dict(request.recipients)
+        done: dict[int, RecipientResult] = {}
+        timing = _Timing(start)
+
+        def finish(idx: int, st: _Status) -> None:
+            status, dsn = st.status, st.dsn
+            if status == "bounced" and self.soft_bounce:
+                status, dsn = "deferred", "4" + dsn[1:]
+            now = self.clock()
+            mail_at = timing.mail_at
+            conn = (mail_at if mail_at is not None else now) - start
+            xfer = now - mail_at if mail_at is not None else 0.0
+            done[idx] = RecipientResult(rcpt=idx, status=status, dsn=dsn, relay=st.relay,
+                                        text=st.text, conn_time=conn, xfer_time=xfer)
+            open_rcpts.pop(idx, None)
+
+        def fail_all(st: _Status) -> None:
+            for idx in list(open_rcpts):
+                finish(idx, st)
+
+        try:
+            nexthop = parse_nexthop(request.nexthop)
+        except ValueError as exc:
+            fail_all(_Status("deferred", "4.3.5", str(exc), "none"))
+            return [done[i] for i, _ in request.recipients]
+        try:
+            targets = await self.resolver.targets(nexthop)
+        except LookupFailure as exc:
+            status = "deferred" if exc.dsn[0] == "4" else "bounced"
+            fail_all(_Status(status, exc.dsn, exc.text, "none"))
+            return [done[i] for i, _ in request.recipients]
+
+        last = _Status("deferred", "4.4.1", f"no route to {request.nexthop}", "none")
+        sessions = 0
+        i = 0
+        use_tls = True
+        while i < len(targets) and open_rcpts:
+            target = targets[i]
+            final = i == len(targets) - 1 or (self.session_limit > 0 and sessions + 1 >= self.session_limit)
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(target.address, target.port), self.timeouts["connect"])
+            except (OSError, TimeoutError) as exc:
+                last = _Status("deferred", "4.4.1",
+                               f"connect to {target.namaddrport}: {_strerror(exc)}", "none")
+                i += 1
+                continue
+            sessions += 1
+            session = _Session(self, target, request, nexthop.host, list(open_rcpts.items()),
+                               reader, writer, timing, tls_allowed=use_tls)
+            try:
+                outcomes = await session.run()
+            except _TlsFallback:
+                use_tls = False  # same server again, in plaintext
+                continue
+            except _SessionFail as exc:
+                outcomes = {idx: _Status(_status_of(exc.dsn), exc.dsn, exc.text, target.namaddrport)
+                            for idx in open_rcpts}
+            finally:
+                await session.close()
+            use_tls = True
+            for idx, st in outcomes.items():
+                if st.status == "deferred" and not final:
+                    last = st  # Postfix keeps the recipient for the next server
+                    continue
+                if st.status == "bounced" and self.soft_bounce and not final:
+                    last = st
+                    continue
+                finish(idx, st)
+            if final:
+                break
+            i += 1
+        fail_all(last)
+        return [done[i] for i, _ in request.recipients]
+
+    async def sasl_credentials(self, host: str, nexthop: str) -> tuple[str, str] | None:
+        """username, password for this server: looked up by remote host name, then nexthop."""
+        if not self.sasl_maps:
+            return None
+        for key in (host, nexthop):
+            value = await self.sasl_maps.lookup(key)
+            if value is not None:
+                user, _, password = value.partition(":")
+                return user, password
+        return None
+
+
+def _status_of(dsn: str) -> str:
+    return "deferred" if dsn.startswith("4") else "bounced"
+
+
+def _strerror(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return os.strerror(errno.ETIMEDOUT)  # "Connection timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(slots=True)
+class _Timing:
+    start: float
+    mail_at: float | None = None  # when MAIL FROM went out (end of "c", start of "d")
+
+
+class _Session:
+    """One SMTP session with one server, for the recipients still open."""
+
+    def __init__(
+        self,
+        agent: SmtpAgent,
+        target: Target,
+        request: DeliveryRequest,
+        nexthop_domain: str,
+        rcpts: list[tuple[int, Recipient]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timing: _Timing,
+        *,
+        tls_allowed: bool,
+    ) -> None:
+        self.agent = agent
+        self.target = target
+        self.request = request
+        self.nexthop_domain = nexthop_domain
+        self.rcpts = rcpts
+        self.reader = reader
+        self.writer = writer
+        self.timing = timing
+        self.tls_allowed = tls_allowed
+        self.conn = ClientConnection()
+        self.namaddr = target.namaddr
+        self.relay = target.namaddrport
+        self.tls_verified = False
+
+    # ------------------------------------------------------------------ I/O helpers
+    async def _reply(self, where: str, timeout: float) -> ServerReply:
+        while True:
+            try:
+                ev = self.conn.next_event()
+            except ClientProtocolError as exc:
+                raise _SessionFail("4.4.2", f"conversation with {self.namaddr} failed while {where}: {exc}") from exc
+            if isinstance(ev, ServerReply):
+                return ev
+            if isinstance(ev, Closed):
+                raise _SessionFail("4.4.2", f"lost connection with {self.namaddr} while {where}")
+            assert ev is NEED_DATA
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except TimeoutError:
+                raise _SessionFail("4.4.2", f"conversation with {self.namaddr} timed out while {where}") from None
+            except OSError:
+                data = b""
+            self.conn.receive_data(data)
+
+    async def _send(self, data: bytes, where: str, timeout: float) -> None:
+        try:
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), timeout)
+        except TimeoutError:
+            raise _SessionFail("4.4.2", f"conversation with {self.namaddr} timed out while {where}") from None
+        except OSError:
+            raise _SessionFail("4.4.2", f"lost connection with {self.namaddr} while {where}") from None
+
+    async def close(self) -> None:
+        try:
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        except (OSError, TimeoutError, ssl.SSLError):
+            pass
+
+    async def _quit(self) -> None:
+        # smtp_skip_quit_response = yes: send QUIT and hang up without waiting.
+        try:
+            self.writer.write(self.conn.quit(expect_reply=False))
+            await asyncio.wait_for(self.writer.drain(), self.agent.timeouts["quit"])
+        except (OSError, TimeoutError):
+            pass
+
+    # ------------------------------------------------------------------ protocol
+    async def run(self) -> dict[int, _Status]:
+        t = self.agent.timeouts
+        greeting = await self._reply(W_GREETING, t["helo"])
+        if greeting.code // 100 != 2:
+            dsn = greeting.enhanced or "4.0.0"
+            if dsn[0] == "5" and self.agent.skip_5xx_greeting:
+                dsn = "4" + dsn[1:]
+            raise _SessionFail(dsn, f"host {self.namaddr} refused to talk to me: {greeting.text}")
+        await self._hello()
+        if _needs_smtputf8(self.request) and "SMTPUTF8" not in self.conn.extensions:
+            raise _SessionFail("5.6.7", f"SMTPUTF8 is required, but was not offered by host {self.namaddr}")
+        await self._starttls()
+        await self._authenticate()
+        limit = self.conn.extensions.size_limit
+        size = len(self.request.content)
+        if limit and size > limit:
+            raise _SessionFail("5.3.4", f"message size {size} exceeds size limit {limit} of server {self.namaddr}")
+        outcomes = await self._transaction()
+        await self._quit()
+        return outcomes
+
+    async def _hello(self) -> None:
+        t = self.agent.timeouts["helo"]
+        await self._send(self.conn.ehlo(self.agent.helo_name), W_EHLO, t)
+        reply = await self._reply(W_EHLO, t)
+        if reply.code // 100 == 2:
+            return
+        if reply.code == 421:
+            raise _SessionFail(reply.enhanced, f"host {self.namaddr} refused to talk to me: {reply.text}")
+        await self._send(self.conn.helo(self.agent.helo_name), W_HELO, t)
+        reply = await self._reply(W_HELO, t)
+        if reply.code // 100 != 2:
+            raise _SessionFail(reply.enhanced or "4.0.0", f"host {self.namaddr} refused to talk to me: {reply.text}")
+
+    async def _starttls(self) -> None:
+        level = self.agent.tls_level
+        required = level in ("encrypt", "verify", "secure")
+        if level == "none" or not self.tls_allowed:
+            if required:
+                raise _SessionFail("4.7.4", f"TLS is required, but was not offered by host {self.namaddr}")
+            return
+        if "STARTTLS" not in self.conn.extensions:
+            if required:
+                raise _SessionFail("4.7.4", f"TLS is required, but was not offered by host {self.namaddr}")
+            return
+        t = self.agent.timeouts["starttls"]
+        await self._send(self.conn.starttls(), W_STARTTLS, t)
+        reply = await self._reply(W_STARTTLS, t)
+        if reply.code // 100 != 2:
+            if required:
+                raise _SessionFail(reply.enhanced or "4.0.0",
+                                   f"TLS is required, but host {self.namaddr} refused to start TLS: {reply.text}")
+            return  # may: go on in plaintext
+        verify = level in ("verify", "secure")
+        ctx = self.agent.tls_context(verify)
+        try:
+            await asyncio.wait_for(self.writer.start_tls(ctx, server_hostname=None), t)
+        except ssl.SSLCertVerificationError:
+            raise _SessionFail("4.7.5", "Server certificate not verified") from None
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError):
+            if not required:
+                raise _TlsFallback() from None
+            raise _SessionFail("4.7.5", "Cannot start TLS: handshake failure") from None
+        if verify:
+            cert = self.writer.get_extra_info("peercert") or {}
+            if not cert_matches(cert, self._cert_names(level)):
+                raise _SessionFail("4.7.5", "Server certificate not verified")
+            self.tls_verified = True
+        self.conn.tls_started()
+        # RFC 3207 §4.2: EHLO again; the announced extensions may differ under TLS.
+        await self._hello()
+
+    def _cert_names(self, level: str) -> list[tuple[str, bool]]:
+        words = self.agent.verify_match if level == "verify" else self.agent.secure_match
+        out: list[tuple[str, bool]] = []
+        for w in words:
+            lw = w.lower()
+            if lw == "hostname":
+                out.append((self.target.host, False))
+            elif lw == "nexthop":
+                out.append((self.nexthop_domain, False))
+            elif lw == "dot-nexthop":
+                out.append((self.nexthop_domain, True))
+            elif w.startswith("."):
+                out.append((w[1:], True))
+            else:
+                out.append((w, False))
+        return out
+
+    async def _authenticate(self) -> None:
+        agent = self.agent
+        if not agent.sasl_enable or "AUTH" not in self.conn.extensions:
+            return
+        try:
+            creds = await agent.sasl_credentials(self.target.host, self.request.nexthop)
+        except TableLookupError:
+            raise _SessionFail("4.3.0", f"local data error while talking to {self.namaddr}") from None
+        if creds is None:
+            return
+        if self.tls_verified:
+            options = agent.sasl_options["verified"]
+        elif self.conn.tls_active:
+            options = agent.sasl_options["tls"]
+        else:
+            options = agent.sasl_options["plain"]
+        offered = self.conn.extensions.auth_mechanisms
+        if agent.sasl_filter:
+            offered = tuple(m for m in offered if m in agent.sasl_filter)
+        # Cyrus semantics for the mechanisms we have: noplaintext rules out PLAIN and LOGIN.
+        usable = [m for m in offered if m in SASL_MECHANISMS and "noplaintext" not in options]
+        if not usable:
+            raise _SessionFail("4.7.0", f"SASL authentication failed: server {self.namaddr} offered no "
+                               "compatible authentication mechanisms for this type of connection security")
+        client = SaslClient(usable[0], *creds)
+        t = agent.timeouts["helo"]
+        await self._send(self.conn.auth(client.mechanism, client.initial()), W_EHLO, t)
+        while True:
+            reply = await self._reply(W_EHLO, t)
+            if reply.code == 334:
+                try:
+                    challenge = base64.b64decode(reply.words[-1].strip(), validate=True)
+                    line = client.step(challenge)
+                except (binascii.Error, ClientProtocolError):
+                    raise _SessionFail("4.7.0", "SASL authentication failed; authentication protocol "
+                                       f"loop with server {self.namaddr}") from None
+                await self._send(self.conn.auth_response(line), W_EHLO, t)
+                continue
+            if reply.code // 100 == 2:
+                return
+            dsn = reply.enhanced or "4.7.0"
+            if dsn[0] == "5" and agent.sasl_soft_bounce:
+                dsn = "4" + dsn[1:]
+            raise _SessionFail(dsn, f"SASL authentication failed; server {self.namaddr} said: {reply.text}")
+
+    def _mail_command(self) -> bytes:
+        ext = self.conn.extensions
+        env = self.request.envelope
+        body = None
+        if "8BITMIME" in ext or "SMTPUTF8" in ext:
+            body = "8BITMIME" if _eight_bit(self.request) else "7BIT"
+        dsn = "DSN" in ext
+        return self.conn.mail(
+            env.sender,
+            size=len(self.request.content) if "SIZE" in ext else None,
+            body=body,
+            envid=env.envid if dsn else None,
+            ret=env.ret if dsn else None,
+            smtputf8=env.smtputf8 and "SMTPUTF8" in ext,
+        )
+
+    def _rcpt_command(self, rcpt: Recipient) -> bytes:
+        if "DSN" in self.conn.extensions:
+            return self.conn.rcpt(rcpt.address, orcpt=rcpt.orcpt, notify=rcpt.notify)
+        return self.conn.rcpt(rcpt.address)
+
+    async def _transaction(self) -> dict[int, _Status]:
+        t = self.agent.timeouts
+        out: dict[int, _Status] = {}
+        accepted: list[int] = []
+        self.timing.mail_at = self.agent.clock()
+        pipelining = self.conn.extensions.pipelining
+
+        def rcpt_failed(idx: int, reply: ServerReply, command: str) -> None:
+            dsn, text = _failure(reply, self.namaddr, command)
+            out[idx] = _Status(_status_of(dsn), dsn, text, self.relay)
+
+        if pipelining:
+            # RFC 2920: MAIL, every RCPT and DATA go in one write; replies come back in order.
+            batch = self._mail_command() + b"".join(self._rcpt_command(r) for _, r in self.rcpts)
+            await self._send(batch + self.conn.data(), W_MAIL, t["mail"])
+        else:
+            await self._send(self._mail_command(), W_MAIL, t["mail"])
+        reply = await self._reply(W_MAIL, t["mail"])
+        mail_rejected = reply.code // 100 != 2
+        if mail_rejected:
+            for idx, _ in self.rcpts:
+                rcpt_failed(idx, reply, MAIL)
+            if not pipelining:
+                return out
+        for idx, rcpt in self.rcpts:
+            if not pipelining:
+                await self._send(self._rcpt_command(rcpt), W_RCPT, t["rcpt"])
+            reply = await self._reply(W_RCPT, t["rcpt"])
+            if mail_rejected:
+                continue
+            if reply.code // 100 == 2:
+                accepted.append(idx)
+            else:
+                rcpt_failed(idx, reply, RCPT)
+        if not pipelining:
+            if not accepted:
+                return out
+            await self._send(self.conn.data(), W_DATA, t["data_init"])
+        reply = await self._reply(W_DATA, t["data_init"])
+        if reply.code // 100 != 3:
+            if accepted:
+                for idx in accepted:
+                    rcpt_failed(idx, reply, DATA)
+            return out
+        # With nobody accepted (pipelined DATA still got 354) Postfix sends just "." (RFC 2920).
+        content = self.request.content if accepted else b""
+        await self._send(self.conn.message(content), W_BODY, t["data_xfer"])
+        reply = await self._reply(W_DOT, t["data_done"])
+        if not accepted:
+            return out
+        if reply.code // 100 != 2:
+            for idx in accepted:
+                rcpt_failed(idx, reply, END_OF_DATA)
+            return out
+        for idx in accepted:
+            out[idx] = _Status("sent", reply.enhanced or "2.0.0", reply.text, self.relay)
+        return out
