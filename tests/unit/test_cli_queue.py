@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from postillion.queue import wakeup
+
 from postillion.cli import queue as cli
 from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.record import RecipientStatus, encode, encode_status
@@ -321,7 +323,9 @@ def test_show_missing_and_damaged(config: Path, store: QueueStore) -> None:
 
 def test_flush_makes_deferred_mail_due_and_wakes_qmgr(config: Path, store: QueueStore) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as qmgr:
-        qmgr.bind(str(config / "data" / "run" / "qmgr"))
+        path = wakeup.socket_path(store.queue_directory)
+        path.parent.mkdir(exist_ok=True)
+        qmgr.bind(str(path))
         qmgr.settimeout(5)
         assert cli.flush(config, now=lambda: 1764070000.0) == 0
         assert qmgr.recv(64) == b"F"
@@ -333,7 +337,9 @@ def test_flush_makes_deferred_mail_due_and_wakes_qmgr(config: Path, store: Queue
 def test_wake_qmgr_without_a_queue_manager(config: Path) -> None:
     assert cli.wake_qmgr(config) is False  # no socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.bind(str(config / "data" / "run" / "qmgr"))
+        path = wakeup.socket_path(cli.open_store(cli._params(config)).queue_directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s.bind(str(path))
     assert cli.wake_qmgr(config) is False  # a stale socket that nobody reads
 
 

@@ -57,6 +57,8 @@ MASTER_CF_HEADER = """\
 # ==========================================================================
 """
 SERVICE_LINE = "{name:<10} inet  n       -       n       -       -       smtpd\n"
+# The queue manager delivers what smtpd queued (one process, with the delivery agents).
+QMGR_LINE = "qmgr       unix  n       -       n       300     1       qmgr\n"
 # The Postfix submission recipe's overrides after its TLS setting, shared by 587 and 465.
 MUA_OVERRIDES = (
     "smtpd_sasl_auth_enable=yes",
@@ -79,6 +81,7 @@ def master_cf(names: dict[str, str]) -> str:
                   "smtpd_tls_security_level=encrypt", *MUA_OVERRIDES)
         + service(names["smtps"], "syslog_name=postfix/smtps", "smtpd_tls_wrappermode=yes",
                   *MUA_OVERRIDES)
+        + QMGR_LINE
     )
 
 

@@ -32,7 +32,7 @@ from typing import BinaryIO, TextIO
 from postillion.config import load_config
 from postillion.config.params import Params
 from postillion.errors import ConfigError, QueueWriteError
-from postillion.queue import record
+from postillion.queue import record, wakeup
 from postillion.queue.envelope import Envelope
 from postillion.queue.ids import is_valid_queue_id
 from postillion.queue.record import QueueRecordError
@@ -58,7 +58,6 @@ usage: postillion -c DIR queue [-j]              list the queue (mailq, postqueu
 """
 
 SHOWQ_ORDER = (ACTIVE, INCOMING, DEFERRED, HOLD)  # showq.c queue_info[] (no maildrop here)
-QMGR_SOCKET = "run/qmgr"  # under $data_directory; owned by queue/wakeup.py
 QMGR_FLUSH_TRIGGER = b"F"  # qmgr: "F..." = treat every deferred message as due (Postfix 'F')
 
 # showq_compat.c: short and long queue id layouts.
@@ -166,12 +165,9 @@ def open_store(params: Params) -> QueueStore:
 
 
 def wake_qmgr(config_dir: Path, message: bytes = QMGR_FLUSH_TRIGGER) -> bool:
-    """Send one datagram to ``$data_directory/run/qmgr``; False (and nothing else) when the
-    socket is absent or nobody listens, since then there is no queue manager to wake."""
-    data_directory = _params(config_dir).path("data_directory")
-    if data_directory is None:
-        return False
-    path = data_directory / QMGR_SOCKET
+    """Send one datagram to the queue manager's socket (queue/wakeup.py); False (and nothing
+    else) when the socket is absent or nobody listens, since then there is nobody to wake."""
+    path = wakeup.socket_path(open_store(_params(config_dir)).queue_directory)
     if not path.exists():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

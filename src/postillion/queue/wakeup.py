@@ -1,7 +1,9 @@
 """Waking the queue manager, and keeping it single.
 
-Owns: ``$data_directory/run/qmgr`` (a UNIX datagram socket smtpd and `postillion flush` poke)
-and the ``qmgr.lock`` that lets only one queue manager work on the queue at a time.
+Owns: ``$queue_directory/public/qmgr`` (a UNIX datagram socket smtpd and `postillion flush`
+poke, where Postfix has its public/qmgr fifo) and ``$queue_directory/pid/qmgr.lock``, which lets
+only one queue manager work on the queue at a time.  Both live in the queue directory because
+mail_owner owns it: the queue manager runs unprivileged.
 Must not import: anything above ``errors`` (smtpd imports this on every message).
 """
 
@@ -15,6 +17,14 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+def socket_path(queue_directory: Path) -> Path:
+    return queue_directory / "public" / "qmgr"
+
+
+def lock_path(queue_directory: Path) -> Path:
+    return queue_directory / "pid" / "qmgr.lock"
+
+
 class WakeSocket:
     """``$data_directory/run/qmgr``: smtpd (and `postillion flush`) send one datagram to say
     "look now"; the queue manager also scans on its own every second, so a lost one costs
@@ -25,6 +35,7 @@ class WakeSocket:
         self.sock: socket.socket | None = None
 
     def open(self, on_wake: Callable[[bytes], None]) -> None:
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -62,6 +73,7 @@ def wake_qmgr(path: Path, message: bytes = b"W") -> None:
 async def acquire_lock(path: Path, stop: asyncio.Event) -> int | None:
     """One queue manager at a time: after a reload the new one waits for the old one to finish
     its deliveries (they share the queue)."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     while not stop.is_set():
         try:

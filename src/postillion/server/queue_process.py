@@ -23,7 +23,7 @@ from postillion.errors import ConfigError
 from postillion.maillog import QueueLog
 from postillion.queue import scheduler
 from postillion.queue.qmgr import QmgrSettings, QueueManager
-from postillion.queue.wakeup import WakeSocket, acquire_lock
+from postillion.queue.wakeup import WakeSocket, acquire_lock, lock_path, socket_path
 from postillion.queue.store import QueueStore
 
 # transport name → "module:Class" of its agent, imported when first used (uvicorn style)
@@ -113,23 +113,20 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     params = cfg.params()
     log = QueueLog(params.get("syslog_name") or "postfix", sink=wctx.sinks)
-    data = params.path("data_directory") or Path(params.config_dir) / "data"
-    run_dir = Path(data) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = await acquire_lock(run_dir / "qmgr.lock", stop)
+    store = QueueStore(
+        params.path("queue_directory") or Path(params.config_dir) / "spool",
+        long_queue_ids=params.get_bool("enable_long_queue_ids"),
+    )
+    store.ensure_layout()
+    lock_fd = await acquire_lock(lock_path(store.queue_directory), stop)
     if lock_fd is None:
         return 0
     try:
-        store = QueueStore(
-            params.path("queue_directory") or Path(data) / "spool",
-            long_queue_ids=params.get_bool("enable_long_queue_ids"),
-        )
-        store.ensure_layout()
         qmgr = QueueManager(
             store=store, settings=settings_from(params), agents=load_agents(params, log),
             log=log, bounce=bounce_builder(params),
         )
-        wake = WakeSocket(run_dir / "qmgr")
+        wake = WakeSocket(socket_path(store.queue_directory))
         wake.open(lambda data: qmgr.wake(flush=data.startswith(b"F")))
         try:
             await qmgr.run(stop)

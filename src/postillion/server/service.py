@@ -15,6 +15,7 @@ from postillion.config import Params, Service
 from postillion.errors import ConfigError
 from postillion.maillog import MailLog
 from postillion.policy import PolicyEngine
+from postillion.queue import wakeup
 from postillion.queue.store import QueueStore
 from postillion.sasl.verifiers import SaslServerConfig, make_sasl_server, offered_mechanisms
 from postillion.server import tls
@@ -163,7 +164,7 @@ def build_service(
         bare_newline_exclusions=params.get_list("smtpd_forbid_bare_newline_exclusions"),
         header_rewrite_clients=[w.lower() for w in params.get_list("local_header_rewrite_clients")],
         mynetworks=NetworkList("mynetworks", params.get_list("mynetworks"), params.config_dir),
-        qmgr_wake=(params.path("data_directory") or params.config_dir / "data") / "run" / "qmgr",
+        qmgr_wake=wakeup.socket_path(queue.queue_directory),
         sasl_exceptions=NetworkList(
             "smtpd_sasl_exceptions_networks",
             params.get_list("smtpd_sasl_exceptions_networks"),

@@ -1,0 +1,110 @@
+"""Mail flows onward: postillion A (queue manager on) relays through postillion B.
+
+A's relayhost is B's port 25 service; B keeps what it accepts in incoming/ (no queue manager),
+so the test can read exactly what A delivered.  Covered: delivery and its Postfix log lines, a
+per-recipient 5xx turned into a non-delivery report that travels back through the same path,
+and a peer that is down (deferred) and comes back (`postillion flush`).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+from collections.abc import Iterator
+
+import pytest
+from harness import HOSTNAME, Server, cleanup, make_server, postillion
+
+PEER_HOST = "peer.example.test"
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Server]:
+    server = make_server(main={"myhostname": PEER_HOST, "mynetworks": "127.0.0.0/8",
+                               "local_header_rewrite_clients": "permit_sasl_authenticated"})
+    server.start()
+    try:
+        yield server
+    finally:
+        cleanup(server)
+
+
+@pytest.fixture(scope="module")
+def relay(peer: Server) -> Iterator[Server]:
+    server = make_server(qmgr=True, main={
+        "relayhost": f"[127.0.0.1]:{peer.ports['smtp']}",
+        "minimal_backoff_time": "1s",
+        "maximal_backoff_time": "2s",
+        "queue_run_delay": "1s",
+        "local_header_rewrite_clients": "permit_sasl_authenticated",
+    })
+    server.start()
+    try:
+        yield server
+    finally:
+        cleanup(server)
+
+
+def send(srv: Server, rcpts: list[str], body: bytes = b"Subject: onward\r\n\r\nhello\r\n") -> str:
+    mark = srv.mark()
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=10) as c:
+        c.sendmail("a@example.net", rcpts, body)
+    return srv.wait_for_log(r"\]: (\w+): client=", start=mark).group(1)
+
+
+def wait_for_file(srv: Server, count: int, timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while len(srv.queue_ids()) < count:
+        assert time.monotonic() < deadline, f"peer has {srv.queue_ids()}"
+        time.sleep(0.05)
+    return sorted(srv.queue_ids())
+
+
+def test_relayed_to_the_next_hop_with_postfix_log_lines(relay: Server, peer: Server) -> None:
+    before = peer.queue_ids()
+    qid = send(relay, ["x@example.org"])
+    line = relay.wait_for_log(rf"postfix/smtp\[\d+\]: {qid}: to=<x@example.org>.*", timeout=20).group(0)
+    port = peer.ports["smtp"]
+    assert re.fullmatch(
+        rf"postfix/smtp\[\d+\]: {qid}: to=<x@example.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{port}, "
+        r"delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, "
+        r"status=sent \(250 2\.0\.0 Ok: queued as (\w+)\)",
+        line,
+    ), line
+    relay.wait_for_log(rf"postfix/qmgr\[\d+\]: {qid}: removed")
+    remote_id = line.rsplit(" ", 1)[1].rstrip(")")
+    assert remote_id in peer.queue_ids() - before
+    env, content = peer.read_queue(remote_id)
+    assert (env.sender, [r.address for r in env.recipients]) == ("a@example.net", ["x@example.org"])
+    assert f"by {HOSTNAME} (Postfix) with ESMTP id {qid}".encode() in content  # A's Received:
+    assert relay.queue_ids() == set()
+
+
+def test_rejected_recipient_bounces_back_to_the_sender(relay: Server, peer: Server) -> None:
+    before = peer.queue_ids()
+    qid = send(relay, [f"nosuchuser@{PEER_HOST}"])
+    line = relay.wait_for_log(rf"postfix/smtp\[\d+\]: {qid}: to=<nosuchuser@{PEER_HOST}>.*", timeout=20).group(0)
+    assert "dsn=5.1.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 " in line, line
+    ndr = relay.wait_for_log(rf"postfix/bounce\[\d+\]: {qid}: sender non-delivery notification: (\w+)").group(1)
+    relay.wait_for_log(rf"postfix/qmgr\[\d+\]: {ndr}: removed")
+    new = [i for i in wait_for_file(peer, len(before) + 1) if i not in before]
+    env, content = peer.read_queue(new[0])
+    assert (env.sender, [r.address for r in env.recipients]) == ("", ["a@example.net"])
+    assert b"Subject: Undelivered Mail Returned to Sender" in content
+    assert b"Status: 5.1.1" in content
+
+
+def test_peer_down_is_deferred_then_delivered_after_flush(relay: Server, peer: Server) -> None:
+    peer.stop()
+    try:
+        qid = send(relay, ["later@example.org"])
+        line = relay.wait_for_log(rf"{qid}: to=<later@example.org>.*status=deferred.*", timeout=20).group(0)
+        assert "Connection refused" in line, line
+        assert postillion(relay.config_dir, "queue").stdout.count(qid) == 1
+    finally:
+        peer.start()
+    mark = relay.mark()
+    postillion(relay.config_dir, "flush")
+    relay.wait_for_log(rf"{qid}: to=<later@example.org>.*status=sent", start=mark, timeout=30)
+    relay.wait_for_log(rf"{qid}: removed", start=mark)
