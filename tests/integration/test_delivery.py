@@ -30,10 +30,14 @@ def peer() -> Iterator[Server]:
         cleanup(server)
 
 
+DEAD_PORT = 9  # discard: nothing listens there on this machine
+
+
 @pytest.fixture(scope="module")
 def relay(peer: Server) -> Iterator[Server]:
     server = make_server(qmgr=True, main={
         "relayhost": f"[127.0.0.1]:{peer.ports['smtp']}",
+        "transport_maps": f"inline:{{ tm.test=smtp:[127.0.0.1]:{DEAD_PORT} }}",
         "minimal_backoff_time": "1s",
         "maximal_backoff_time": "2s",
         "queue_run_delay": "1s",
@@ -108,3 +112,27 @@ def test_peer_down_is_deferred_then_delivered_after_flush(relay: Server, peer: S
     postillion(relay.config_dir, "flush")
     relay.wait_for_log(rf"{qid}: to=<later@example.org>.*status=sent", start=mark, timeout=30)
     relay.wait_for_log(rf"{qid}: removed", start=mark)
+
+
+def test_notify_success_sends_a_delivery_report(relay: Server, peer: Server) -> None:
+    before = peer.queue_ids()
+    mark = relay.mark()
+    with smtplib.SMTP("127.0.0.1", relay.ports["smtp"], timeout=10) as c:
+        c.ehlo("client.example.test")
+        c.sendmail("a@example.net", ["y@example.org"], b"Subject: receipt please\r\n\r\nhi\r\n",
+                   rcpt_options=["NOTIFY=SUCCESS"])
+    qid = relay.wait_for_log(r"\]: (\w+): client=", start=mark).group(1)
+    notice = relay.wait_for_log(rf"postfix/bounce\[\d+\]: {qid}: sender delivery status notification: (\w+)").group(1)
+    relay.wait_for_log(rf"postfix/qmgr\[\d+\]: {notice}: removed")
+    new = [i for i in wait_for_file(peer, len(before) + 2) if i not in before]
+    reports = [peer.read_queue(i) for i in new]
+    report = next(content for env, content in reports if env.sender == "")
+    assert b"Subject: Successful Mail Delivery Report" in report
+    assert b"Action: relayed" in report and b"Final-Recipient: rfc822; y@example.org" in report
+
+
+def test_transport_maps_override_the_relayhost(relay: Server) -> None:
+    qid = send(relay, ["z@tm.test"])
+    line = relay.wait_for_log(rf"{qid}: to=<z@tm.test>.*", timeout=20).group(0)
+    assert f"status=deferred (connect to 127.0.0.1[127.0.0.1]:{DEAD_PORT}: Connection refused)" in line, line
+    postillion(relay.config_dir, "delete", qid)

@@ -47,11 +47,11 @@ class QmgrSettings:
     mail_name: str = "Postfix"
 
 
-# Builds a non-delivery report: (entry, failed [(Recipient, RecipientStatus)], now, the new
-# message's queue id) → message bytes, or None when no notification is due (null sender,
-# NOTIFY=NEVER).  It gets the id first because Postfix's notices carry their own id.
+# Builds a delivery status notice: (kind "failure"|"success", entry, outcomes
+# [(Recipient, RecipientStatus)], now, the new message's queue id) → message bytes, or None when
+# none is due (null sender, NOTIFY).  It gets the id first: Postfix's notices carry their own.
 BounceBuilder = Callable[
-    [QueueEntry, list[tuple[Recipient, RecipientStatus]], float, str], bytes | None
+    [str, QueueEntry, list[tuple[Recipient, RecipientStatus]], float, str], bytes | None
 ]
 
 
@@ -176,12 +176,21 @@ class QueueManager:
         jobs = scheduler.batches(routed, recipient_limit=s.destination_recipient_limit)
         results = await asyncio.gather(*(self._deliver(entry, r, members) for r, members in jobs))
         bounced: list[RecipientStatus] = []
+        sent: list[RecipientStatus] = []
         for statuses in results:
             for st in statuses:
                 if st.status == "bounced":
                     bounced.append(st)
-                else:
-                    self.store.append_status(ACTIVE, entry.queue_id, st)
+                    continue
+                self.store.append_status(ACTIVE, entry.queue_id, st)
+                if st.final and "SUCCESS" in (env.recipients[st.rcpt].notify or ()):
+                    sent.append(st)
+        if sent and self.bounce is not None:
+            # NOTIFY=SUCCESS: a report after the fact; a crash before it only loses the report
+            pairs = [(env.recipients[st.rcpt], st) for st in sent]
+            new_id = await asyncio.to_thread(self._queue_notice, "success", entry, pairs)
+            if new_id is not None:
+                self.log.notification(entry.queue_id, "delivery status", new_id)
         if bounced:
             await self._bounce_and_record(entry, bounced)
 
@@ -232,19 +241,19 @@ class QueueManager:
         """Queue the notification first, then mark the recipients final (see module doc)."""
         if self.bounce is not None:
             pairs = [(entry.envelope.recipients[st.rcpt], st) for st in failed]
-            new_id = await asyncio.to_thread(self._queue_bounce, entry, pairs)
+            new_id = await asyncio.to_thread(self._queue_notice, "failure", entry, pairs)
             if new_id is not None:
                 self.log.notification(entry.queue_id, "non-delivery", new_id)
         for st in failed:
             self.store.append_status(ACTIVE, entry.queue_id, st)
 
-    def _queue_bounce(
-        self, entry: QueueEntry, failed: list[tuple[Recipient, RecipientStatus]]
+    def _queue_notice(
+        self, kind: str, entry: QueueEntry, outcomes: list[tuple[Recipient, RecipientStatus]]
     ) -> str | None:
         assert self.bounce is not None
         now = self.clock()
         with self.store.begin() as pending:
-            message = self.bounce(entry, failed, now, pending.queue_id)
+            message = self.bounce(kind, entry, outcomes, now, pending.queue_id)
             if message is None:
                 return None  # the context manager removes the unused queue file
             envelope = Envelope(

@@ -14,6 +14,7 @@ import datetime
 import importlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from postillion.maillog import QueueLog
 from postillion.queue import scheduler
 from postillion.queue.qmgr import QmgrSettings, QueueManager
 from postillion.queue.wakeup import WakeSocket, acquire_lock, lock_path, socket_path
+from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.store import QueueStore
+from postillion.tables import TableList, open_tables
 
 # transport name → "module:Class" of its agent, imported when first used (uvicorn style)
 AGENTS = {
@@ -36,7 +39,7 @@ AGENTS = {
 }
 
 
-def load_agents(params: Params, log: QueueLog) -> dict[str, DeliveryAgent]:
+def load_agents(params: Params, log: QueueLog, *, forwarder: Any = None) -> dict[str, DeliveryAgent]:
     agents: dict[str, DeliveryAgent] = {}
     for transport, target in AGENTS.items():
         module_name, _, attr = target.partition(":")
@@ -45,7 +48,7 @@ def load_agents(params: Params, log: QueueLog) -> dict[str, DeliveryAgent]:
         except (ImportError, AttributeError):
             continue  # not built yet: its mail is deferred with "mail transport unavailable"
         try:
-            agents[transport] = cls(params)
+            agents[transport] = cls(params, forwarder=forwarder) if transport == "local" else cls(params)
         except ConfigError as exc:
             log.warning(f"transport {transport}: {exc}")
     return agents
@@ -88,18 +91,48 @@ def bounce_builder(params: Params) -> Any:
     myhostname = params.get("myhostname")
     myorigin = params.get("myorigin") or myhostname
 
-    def build(entry: Any, failed: list[Any], now: float, bounce_id: str) -> bytes | None:
+    def build(kind: str, entry: Any, outcomes: list[Any], now: float, bounce_id: str) -> bytes | None:
+        when = datetime.datetime.fromtimestamp(now).astimezone()
+        common = dict(envelope=entry.envelope, content=entry.content, queue_id=entry.queue_id,
+                      bounce_id=bounce_id, myhostname=myhostname, myorigin=myorigin, now=when)
+        if kind == "success":
+            result: bytes | None = bounce.success_notification(delivered=outcomes, **common)
+            return result
         if not bounce.should_bounce(entry.envelope, myorigin=myorigin):
             return None
-        result: bytes | None = bounce.non_delivery_report(
-            envelope=entry.envelope, content=entry.content, failed=failed,
-            queue_id=entry.queue_id, bounce_id=bounce_id, myhostname=myhostname,
-            myorigin=myorigin, now=datetime.datetime.fromtimestamp(now).astimezone(),
-            bounce_size_limit=params.get_int("bounce_size_limit"),
+        result = bounce.non_delivery_report(
+            failed=outcomes, bounce_size_limit=params.get_int("bounce_size_limit"), **common
         )
         return result
 
     return build
+
+
+class QueueForwarder:
+    """The local agent's way to send alias members in other domains onward: a new queue file
+    from the original sender (Postfix's local(8) does the same through cleanup)."""
+
+    def __init__(self, store: QueueStore, wake: Any) -> None:
+        self.store = store
+        self.wake = wake
+
+    async def forward(self, *, sender: str, recipients: list[str], content: bytes) -> str:
+        def commit() -> str:
+            env = Envelope(sender=sender, recipients=[Recipient(address=r) for r in recipients],
+                           arrival_time=time.time(), protocol="ESMTP", service="local")
+            with self.store.begin() as pending:
+                return pending.commit(env, content)
+
+        queue_id = await asyncio.to_thread(commit)
+        self.wake()
+        return queue_id
+
+
+def transport_lookup(params: Params) -> Any:
+    tables = TableList(open_tables(params.get("transport_maps"), params.config_dir))
+    if not tables:
+        return None
+    return tables.lookup
 
 
 def qmgr_main(cfg: Configuration, wctx: Any) -> int:
@@ -122,9 +155,12 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
     if lock_fd is None:
         return 0
     try:
+        qmgr: QueueManager | None = None
+        forwarder = QueueForwarder(store, lambda: qmgr.wake() if qmgr is not None else None)
         qmgr = QueueManager(
-            store=store, settings=settings_from(params), agents=load_agents(params, log),
-            log=log, bounce=bounce_builder(params),
+            store=store, settings=settings_from(params),
+            agents=load_agents(params, log, forwarder=forwarder),
+            log=log, bounce=bounce_builder(params), transport_lookup=transport_lookup(params),
         )
         wake = WakeSocket(socket_path(store.queue_directory))
         wake.open(lambda data: qmgr.wake(flush=data.startswith(b"F")))

@@ -73,7 +73,7 @@ def make(tmp_path: Path, bounce: bool = True) -> tuple[QueueManager, QueueStore,
     sink = MemorySink()
     clock = Clock()
 
-    def build_bounce(entry, failed, now, bounce_id):  # noqa: ANN001, ANN202 - a tiny stand-in NDR
+    def build_bounce(kind, entry, failed, now, bounce_id):  # noqa: ANN001, ANN202 - a tiny stand-in NDR
         return b"Subject: Undelivered Mail Returned to Sender\r\n\r\n" + b"".join(
             r.address.encode() + b"\r\n" for r, _ in failed)
 
