@@ -136,3 +136,20 @@ def test_transport_maps_override_the_relayhost(relay: Server) -> None:
     line = relay.wait_for_log(rf"{qid}: to=<z@tm.test>.*", timeout=20).group(0)
     assert f"status=deferred (connect to 127.0.0.1[127.0.0.1]:{DEAD_PORT}: Connection refused)" in line, line
     postillion(relay.config_dir, "delete", qid)
+
+
+def test_virtual_alias_maps_expand_when_queued(peer: Server) -> None:
+    """virtual_alias_maps at queue time, as Postfix's cleanup does: one RCPT, two recipients,
+    each remembering the address the client used (ORCPT)."""
+    srv = make_server(main={"virtual_alias_maps":
+                            "inline:{ { team@example.org = ann@example.org, bob@example.org } }"})
+    srv.start()
+    try:
+        qid = send(srv, ["team@example.org"])
+        env, _ = srv.read_queue(qid)
+        assert [(r.address, r.orcpt) for r in env.recipients] == [
+            ("ann@example.org", "rfc822;team@example.org"),
+            ("bob@example.org", "rfc822;team@example.org"),
+        ]
+    finally:
+        cleanup(srv)

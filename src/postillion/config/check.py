@@ -62,7 +62,11 @@ POSTFIX_ONLY_RESTRICTIONS = frozenset({
     "reject_unlisted_recipient_address", "reject_known_sender_login_mismatch",
 })
 # Lists in which a table is looked up (each item is type:name).
-TABLE_PARAMETERS = ("smtpd_sender_login_maps", "local_recipient_maps", "alias_maps")
+TABLE_PARAMETERS = ("smtpd_sender_login_maps", "local_recipient_maps", "alias_maps",
+                    "virtual_alias_maps", "virtual_mailbox_maps", "transport_maps",
+                    "smtp_sasl_password_maps")
+# Tables whose entries follow aliases(5) or are read by a delivery agent's own parser.
+_UNOPENED_TABLE_PARAMETERS = frozenset({"alias_maps", "local_recipient_maps"})
 _TLS_LEVELS = ("", "none", "may", "encrypt")
 _STOPS_RELAY = frozenset({"reject_unauth_destination", "defer_unauth_destination", "reject",
                           "defer"})
@@ -471,6 +475,15 @@ def _check_tables(out: _Collector, params: Params) -> None:
             if problem:
                 out.add(ERROR, params.origin(pname) or params.origin("alias_maps"), pname,
                         problem, _TABLE_FIX)
+            elif pname not in _UNOPENED_TABLE_PARAMETERS:
+                # Open it as the server will: a bad inline: entry or a texthash: file with a
+                # broken line must stop `start`, not kill every worker later.
+                from postillion.tables import open_table
+
+                try:
+                    open_table(table, params.config_dir)
+                except ConfigError as exc:
+                    out.add(ERROR, params.origin(pname), pname, f"{table}: {exc.message}", exc.fix)
 
 
 # --- security warnings -------------------------------------------------------------------

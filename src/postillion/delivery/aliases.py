@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from postillion.errors import PostillionError
 from postillion.tables import TableList, mail_addr_keys, split_address, strip_extension
 
 ALIAS_DEPTH_LIMIT = 100  # local/alias.c: "if (state.level > 100)" -> alias database loop
@@ -182,9 +183,11 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
     return leaves
 
 
-class VirtualAliasError(Exception):
+class VirtualAliasError(PostillionError):
     """virtual_alias_maps expansion hit a limit; the message must be deferred (cleanup says
     "message not accepted" and answers 451 4.3.0)."""
+
+    temporary = True
 
     def __init__(self, text: str) -> None:
         super().__init__(text)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from postillion.config import Params, Service
 from postillion.errors import ConfigError
+from postillion.delivery.virtual import VirtualAliases
 from postillion.maillog import MailLog
 from postillion.policy import PolicyEngine
 from postillion.queue import wakeup
@@ -60,6 +61,7 @@ class ServiceContext:
     mynetworks: NetworkList
     sasl_exceptions: NetworkList
     qmgr_wake: Path
+    virtual_aliases: VirtualAliases | None
 
     async def limits_apply(self, client_name: str, client_addr: str) -> bool:
         """Anvil limits skip smtpd_client_event_limit_exceptions (default $mynetworks)."""
@@ -165,6 +167,7 @@ def build_service(
         header_rewrite_clients=[w.lower() for w in params.get_list("local_header_rewrite_clients")],
         mynetworks=NetworkList("mynetworks", params.get_list("mynetworks"), params.config_dir),
         qmgr_wake=wakeup.socket_path(queue.queue_directory),
+        virtual_aliases=VirtualAliases(params) if params.get("virtual_alias_maps").strip() else None,
         sasl_exceptions=NetworkList(
             "smtpd_sasl_exceptions_networks",
             params.get_list("smtpd_sasl_exceptions_networks"),

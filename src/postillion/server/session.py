@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from postillion import replies
 from postillion.cleanup.headers import add_missing_headers
 from postillion.cleanup.received import received_header
-from postillion.errors import AuthBackendError, QueueWriteError, TableLookupError
+from postillion.errors import AuthBackendError, PostillionError, QueueWriteError, TableLookupError
 from postillion.maillog import CommandCounters, client_id
 from postillion.policy import PolicyContext
 from postillion.queue.envelope import Envelope, Recipient
@@ -424,9 +424,16 @@ class Session:
             add_from=True,
             add_missing=add,
         )
+        try:
+            recipients = await self._virtual_aliases(tx.recipients)
+        except (TableLookupError, PostillionError) as exc:
+            self.log.warning(f"{pending.queue_id}: virtual_alias_maps: {exc}")
+            tx.abort()
+            self.conn.send(replies.TEMP_LOOKUP_FAILURE)
+            return
         envelope = Envelope(
             sender=tx.sender,
-            recipients=list(tx.recipients),
+            recipients=recipients,
             ret=tx.params.ret,
             envid=tx.params.envid,
             body_type=tx.params.body or "7BIT",
@@ -459,6 +466,27 @@ class Session:
         else:
             self.conn.send(replies.queued(queue_id))
         self.tx = _Transaction()
+
+    async def _virtual_aliases(self, recipients: list[Recipient]) -> list[Recipient]:
+        """virtual_alias_maps, applied when the message is queued (as Postfix's cleanup does):
+        each aliased recipient becomes its targets, remembering the address the client gave
+        as ORCPT unless the client sent one."""
+        aliases = self.ctx.virtual_aliases
+        if aliases is None:
+            return list(recipients)
+        out: list[Recipient] = []
+        seen: set[str] = set()
+        for r in recipients:
+            targets = await aliases.rewrite(r.address)
+            if targets is None:
+                targets = [r.address]
+            for address in targets:
+                if address.lower() in seen:
+                    continue
+                seen.add(address.lower())
+                orcpt = r.orcpt if r.orcpt or address == r.address else f"rfc822;{r.address}"
+                out.append(Recipient(address=address, orcpt=orcpt, notify=r.notify))
+        return out
 
     async def _may_rewrite_headers(self) -> bool:
         for word in self.ctx.header_rewrite_clients:

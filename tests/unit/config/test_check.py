@@ -175,3 +175,12 @@ def test_unused_user_parameter_is_a_warning_but_a_near_miss_is_an_error(tmp_path
         "in another parameter",
         'error: main.cf:2: smtpd_tls_levle: unknown parameter; did you mean "smtpd_tls_security_level"?',
     ]
+
+
+def test_broken_table_contents_are_errors(tmp_path: Path) -> None:
+    main = "virtual_alias_maps = inline:{ team@example.org=ann@example.org,bob@example.org }\n"
+    assert rendered(write(tmp_path, main)) == [
+        "error: main.cf:1: virtual_alias_maps: inline:{ team@example.org=ann@example.org,"
+        "bob@example.org }: bad entry 'bob@example.org': need key=value; "
+        'use "{ key = value with spaces }" for values with spaces',
+    ]
