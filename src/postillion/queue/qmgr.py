@@ -41,6 +41,7 @@ class QmgrSettings:
     queue_run_delay: float = 300.0
     maximal_queue_lifetime: float = 5 * 86400.0
     bounce_queue_lifetime: float = 5 * 86400.0
+    delay_warning_time: float = 0.0
     destination_concurrency_limit: int = 20
     destination_recipient_limit: int = 50
     myhostname: str = "localhost"
@@ -193,6 +194,27 @@ class QueueManager:
                 self.log.notification(entry.queue_id, "delivery status", new_id)
         if bounced:
             await self._bounce_and_record(entry, bounced)
+        await self._delay_warning(entry, results)
+
+    async def _delay_warning(self, entry: QueueEntry, results: list[list[RecipientStatus]]) -> None:
+        """One "Delayed Mail (still being retried)" notice per recipient, once the message is
+        delay_warning_time old; recorded as a "delayed" status so it is sent once."""
+        s = self.settings
+        now = self.clock()
+        env = entry.envelope
+        if s.delay_warning_time <= 0 or now - env.arrival_time < s.delay_warning_time:
+            return
+        delayed = [st for statuses in results for st in statuses
+                   if st.status == "deferred" and not entry.delay_warned(st.rcpt)]
+        if not delayed or self.bounce is None:
+            return
+        pairs = [(env.recipients[st.rcpt], st) for st in delayed]
+        new_id = await asyncio.to_thread(self._queue_notice, "delay", entry, pairs)
+        if new_id is not None:
+            self.log.notification(entry.queue_id, "delay status", new_id)
+        for st in delayed:
+            self.store.append_status(ACTIVE, entry.queue_id, RecipientStatus(
+                rcpt=st.rcpt, status="delayed", dsn=st.dsn, relay=st.relay, text=st.text, time=now))
 
     async def _deliver(
         self, entry: QueueEntry, r: scheduler.Route, members: list[tuple[int, Recipient]]

@@ -43,9 +43,12 @@ SUPPORTED_VERSIONS = (1, 2)
 STATUS_PREFIX = b"S "
 
 DEFERRED = "deferred"
-# Anything but "deferred" is final: the recipient is done and must never be tried again.
+# Not an outcome: the delay warning for this recipient has been sent (Postfix keeps a
+# "warn time" in the queue file for the same purpose), so it is sent once.
+DELAYED = "delayed"
+# These are final: the recipient is done and must never be tried again.
 FINAL_STATUSES = ("sent", "bounced", "expired", "delivered")
-STATUSES = (DEFERRED, *FINAL_STATUSES)
+STATUSES = (DEFERRED, DELAYED, *FINAL_STATUSES)
 
 _ENVELOPE_FIELDS = {f.name for f in fields(Envelope)}
 _RECIPIENT_FIELDS = {f.name for f in fields(Recipient)}
@@ -78,7 +81,7 @@ class RecipientStatus:
 
     @property
     def final(self) -> bool:
-        return self.status != DEFERRED
+        return self.status in FINAL_STATUSES
 
 
 _STATUS_FIELDS = {f.name for f in fields(RecipientStatus)}

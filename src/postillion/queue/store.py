@@ -111,9 +111,13 @@ class QueueEntry:
     def last_deferral(self, rcpt: int) -> RecipientStatus | None:
         """The last "deferred" status of recipient *rcpt* (the reason mailq shows), or None."""
         for s in reversed(self.statuses):
-            if s.rcpt == rcpt and not s.final:
+            if s.rcpt == rcpt and s.status == "deferred":
                 return s
         return None
+
+    def delay_warned(self, rcpt: int) -> bool:
+        """Whether the delay warning for recipient *rcpt* has gone out."""
+        return any(s.rcpt == rcpt and s.status == "delayed" for s in self.statuses)
 
 
 class PendingMessage:

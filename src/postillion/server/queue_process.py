@@ -78,6 +78,7 @@ def settings_from(params: Params) -> QmgrSettings:
         queue_run_delay=params.get_time("queue_run_delay"),
         maximal_queue_lifetime=params.get_time("maximal_queue_lifetime"),
         bounce_queue_lifetime=params.get_time("bounce_queue_lifetime"),
+        delay_warning_time=params.get_time("delay_warning_time"),
         destination_concurrency_limit=params.get_int("default_destination_concurrency_limit"),
         destination_recipient_limit=params.get_int("default_destination_recipient_limit"),
         myhostname=params.get("myhostname"),
@@ -97,6 +98,13 @@ def bounce_builder(params: Params) -> Any:
                       bounce_id=bounce_id, myhostname=myhostname, myorigin=myorigin, now=when)
         if kind == "success":
             result: bytes | None = bounce.success_notification(delivered=outcomes, **common)
+            return result
+        if kind == "delay":
+            result = bounce.delay_warning(
+                delayed=outcomes, delay_warning_time=params.get_time("delay_warning_time"),
+                maximal_queue_lifetime=params.get_time("maximal_queue_lifetime"),
+                bounce_size_limit=params.get_int("bounce_size_limit"), **common,
+            )
             return result
         if not bounce.should_bounce(entry.envelope, myorigin=myorigin):
             return None

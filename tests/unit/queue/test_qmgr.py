@@ -196,3 +196,31 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     assert scheduler.next_attempt(t0 + 10, t0, minimal=300, maximal=4000) == t0 + 10 + 300
     assert scheduler.next_attempt(t0 + 1000, t0, minimal=300, maximal=4000) == t0 + 1000 + 1000
     assert scheduler.next_attempt(t0 + 9000, t0, minimal=300, maximal=4000) == t0 + 9000 + 4000
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "spool")
+    store.ensure_layout()
+    clock = Clock()
+    kinds: list[tuple[str, list[str]]] = []
+
+    def build(kind, entry, outcomes, now, bounce_id):  # noqa: ANN001, ANN202
+        kinds.append((kind, [r.address for r, _ in outcomes]))
+        return b"Subject: Delayed Mail (still being retried)\r\n\r\n"
+
+    qmgr = QueueManager(
+        store=store, settings=QmgrSettings(routing=ROUTING, delay_warning_time=3600),
+        agents={"smtp": ScriptedAgent()}, log=QueueLog("postfix", sink=MemorySink()),
+        bounce=build, clock=clock,
+    )
+    qid = queue_message(store, "a@example.net", ["temp@example.org", "ok@example.org"], clock.now - 7200)
+    asyncio.run(run_once(qmgr))
+    assert kinds == [("delay", ["temp@example.org"])]
+    assert store.load(DEFERRED, qid).delay_warned(0)
+    for notice in store.list(INCOMING):
+        store.remove(INCOMING, notice)
+    clock.now += 5000
+    qmgr._last_deferred_scan = float("-inf")
+    asyncio.run(run_once(qmgr))
+    assert kinds == [("delay", ["temp@example.org"])]  # not again
+    assert store.load(DEFERRED, qid).pending() == [0]
