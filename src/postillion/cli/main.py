@@ -29,6 +29,7 @@ commands:
   flush                     retry deferred mail now
   delete|hold|release|requeue ID|ALL   like postsuper -d / -h / -H / -r
   show ID                   a queued message, like postcat -q
+  sendmail [-t] [-i] [-f S] [rcpt...]   Postfix's sendmail(1): submit a message from stdin
 
 -c DIR is the configuration directory (default $POSTILLION_CONFIG or /etc/postillion).
 """
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         from postillion.cli import queue
 
         return queue.main(config_dir, [command, *rest])
+    if command == "sendmail":
+        from postillion.cli import sendmail
+
+        return sendmail.main(config_dir, rest)
     if command == "check":
         from postillion.cli import check
 

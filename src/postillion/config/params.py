@@ -278,6 +278,13 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("lmtp_data_xfer_timeout", "time", "180s", "Time limit for sending the message content"),
     ("lmtp_data_done_timeout", "time", "600s", "Time limit for each reply after the final dot"),
     ("lmtp_quit_timeout", "time", "300s", "Time limit for the QUIT reply"),
+    # --- sendmail and pickup (cli/sendmail.py, queue/maildrop.py)
+    ("message_drop_headers", "list", "bcc, content-length, resent-bcc, return-path",
+     "Headers removed from mail submitted with sendmail (by pickup)"),
+    ("header_from_format", "str", "standard",
+     "Form of the From: added with a full name: standard (Name <a@b>) or obsolete (a@b (Name))"),
+    ("sendmail_fix_line_endings", "str", "always",
+     "Remove CR before LF in sendmail input: always, strict (if the first line has one), never"),
     # --- postillion's own
     ("postillion_worker_processes", "int", "0", "Server worker processes (0: number of CPUs)"),
     ("postillion_user_database", "str", "$data_directory/users.sqlite", "SQLite user database for SASL"),

@@ -23,6 +23,7 @@ from postillion.delivery import DeliveryAgent
 from postillion.errors import ConfigError
 from postillion.maillog import QueueLog
 from postillion.queue import scheduler
+from postillion.queue.maildrop import Pickup, pickup_settings
 from postillion.queue.qmgr import QmgrSettings, QueueManager
 from postillion.queue.wakeup import WakeSocket, acquire_lock, lock_path, socket_path
 from postillion.queue.envelope import Envelope, Recipient
@@ -143,6 +144,27 @@ def transport_lookup(params: Params) -> Any:
     return tables.lookup
 
 
+PICKUP_INTERVAL = 1.0  # seconds between maildrop scans; users without the wake socket wait this long
+
+
+async def run_pickup(pickup: Pickup, stop: asyncio.Event, woken: asyncio.Event) -> None:
+    """pickup(8) next to the queue manager: scan maildrop/ every second and when woken."""
+    try:
+        pickup.ensure_directory()
+    except OSError as exc:
+        pickup.log.warning(f"maildrop directory: {exc}", process="pickup")
+    while not stop.is_set():
+        woken.clear()
+        for name in pickup.names():
+            try:
+                pickup.process(name)
+            except Exception as exc:  # noqa: BLE001 -- a bug must not stop local submission for everyone
+                pickup.log.warning(f"maildrop/{name[:100]}: {type(exc).__name__}: {exc}", process="pickup")
+            await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), PICKUP_INTERVAL)
+
+
 def qmgr_main(cfg: Configuration, wctx: Any) -> int:
     return asyncio.run(_serve(cfg, wctx))
 
@@ -170,11 +192,20 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
             agents=load_agents(params, log, forwarder=forwarder),
             log=log, bounce=bounce_builder(params), transport_lookup=transport_lookup(params),
         )
+        pickup = Pickup(store, pickup_settings(params), log, on_queued=lambda _id: qmgr.wake())
+        pickup_woken = asyncio.Event()
+
+        def on_wake(data: bytes) -> None:
+            qmgr.wake(flush=data.startswith(b"F"))
+            pickup_woken.set()
+
         wake = WakeSocket(socket_path(store.queue_directory))
-        wake.open(lambda data: qmgr.wake(flush=data.startswith(b"F")))
+        wake.open(on_wake)
+        pickup_task = asyncio.create_task(run_pickup(pickup, stop, pickup_woken))
         try:
             await qmgr.run(stop)
         finally:
+            pickup_task.cancel()
             wake.close()
     finally:
         with contextlib.suppress(OSError):
