@@ -399,9 +399,10 @@ class QueueLog:
             f"status={status} ({printable(text, 500)})",
         )
 
-    def notification(self, queue_id: str, kind: str, new_id: str) -> None:
-        """``ID: sender non-delivery notification: NEWID`` (bounce(8))."""
-        self._emit("bounce", f"{queue_id}: sender {kind} notification: {new_id}")
+    def notification(self, queue_id: str, kind: str, new_id: str, *, to: str = "sender") -> None:
+        """``ID: sender non-delivery notification: NEWID`` (bounce(8)); *to* is ``sender`` or
+        ``postmaster``."""
+        self._emit("bounce", f"{queue_id}: {to} {kind} notification: {new_id}")
 
 
 def sasl_failure_text(mechanism: str, reason: str, username: str | None) -> str:

@@ -48,12 +48,24 @@ class QmgrSettings:
     mail_name: str = "Postfix"
 
 
-# Builds a delivery status notice: (kind "failure"|"success", entry, outcomes
-# [(Recipient, RecipientStatus)], now, the new message's queue id) → message bytes, or None when
-# none is due (null sender, NOTIFY).  It gets the id first: Postfix's notices carry their own.
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One delivery status notice to post: its envelope, and how to build its content once the
+    new message's queue id is known (Postfix's notices carry their own id in their headers)."""
+
+    sender: str
+    recipient: str
+    build: Callable[[str], bytes | None]  # queue id → message, or None: nothing to send
+
+
+# The notices for one event: (kind "failure"|"delay"|"success", entry, outcomes
+# [(Recipient, RecipientStatus)], now) → every notice Postfix would post (the sender's, a
+# postmaster copy, a double bounce), each possibly empty once NOTIFY has been applied.
 BounceBuilder = Callable[
-    [str, QueueEntry, list[tuple[Recipient, RecipientStatus]], float, str], bytes | None
+    [str, QueueEntry, list[tuple[Recipient, RecipientStatus]], float], list[Notice]
 ]
+
+_NOTICE_LOG = {"failure": "non-delivery", "delay": "delay status", "success": "delivery status"}
 
 
 @dataclass
@@ -189,9 +201,7 @@ class QueueManager:
         if sent and self.bounce is not None:
             # NOTIFY=SUCCESS: a report after the fact; a crash before it only loses the report
             pairs = [(env.recipients[st.rcpt], st) for st in sent]
-            new_id = await asyncio.to_thread(self._queue_notice, "success", entry, pairs)
-            if new_id is not None:
-                self.log.notification(entry.queue_id, "delivery status", new_id)
+            await self._post_notices("success", entry, pairs)
         if bounced:
             await self._bounce_and_record(entry, bounced)
         await self._delay_warning(entry, results)
@@ -209,9 +219,7 @@ class QueueManager:
         if not delayed or self.bounce is None:
             return
         pairs = [(env.recipients[st.rcpt], st) for st in delayed]
-        new_id = await asyncio.to_thread(self._queue_notice, "delay", entry, pairs)
-        if new_id is not None:
-            self.log.notification(entry.queue_id, "delay status", new_id)
+        await self._post_notices("delay", entry, pairs)
         for st in delayed:
             self.store.append_status(ACTIVE, entry.queue_id, RecipientStatus(
                 rcpt=st.rcpt, status="delayed", dsn=st.dsn, relay=st.relay, text=st.text, time=now))
@@ -263,25 +271,29 @@ class QueueManager:
         """Queue the notification first, then mark the recipients final (see module doc)."""
         if self.bounce is not None:
             pairs = [(entry.envelope.recipients[st.rcpt], st) for st in failed]
-            new_id = await asyncio.to_thread(self._queue_notice, "failure", entry, pairs)
-            if new_id is not None:
-                self.log.notification(entry.queue_id, "non-delivery", new_id)
+            await self._post_notices("failure", entry, pairs)
         for st in failed:
             self.store.append_status(ACTIVE, entry.queue_id, st)
 
-    def _queue_notice(
+    async def _post_notices(
         self, kind: str, entry: QueueEntry, outcomes: list[tuple[Recipient, RecipientStatus]]
-    ) -> str | None:
+    ) -> None:
         assert self.bounce is not None
-        now = self.clock()
+        for notice in self.bounce(kind, entry, outcomes, self.clock()):
+            new_id = await asyncio.to_thread(self._queue_notice, notice)
+            if new_id is not None:
+                to = "sender" if notice.sender == "" else "postmaster"
+                self.log.notification(entry.queue_id, _NOTICE_LOG[kind], new_id, to=to)
+
+    def _queue_notice(self, notice: Notice) -> str | None:
         with self.store.begin() as pending:
-            message = self.bounce(kind, entry, outcomes, now, pending.queue_id)
+            message = notice.build(pending.queue_id)
             if message is None:
                 return None  # the context manager removes the unused queue file
             envelope = Envelope(
-                sender="",
-                recipients=[Recipient(address=entry.envelope.sender)],
-                arrival_time=now,
+                sender=notice.sender,
+                recipients=[Recipient(address=notice.recipient)],
+                arrival_time=self.clock(),
                 protocol="ESMTP",
                 service="bounce",
             )

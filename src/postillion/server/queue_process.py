@@ -24,7 +24,7 @@ from postillion.errors import ConfigError
 from postillion.maillog import QueueLog
 from postillion.queue import scheduler
 from postillion.queue.maildrop import Pickup, pickup_settings
-from postillion.queue.qmgr import QmgrSettings, QueueManager
+from postillion.queue.qmgr import Notice, QmgrSettings, QueueManager
 from postillion.queue.wakeup import WakeSocket, acquire_lock, lock_path, socket_path
 from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.store import QueueStore
@@ -88,33 +88,48 @@ def settings_from(params: Params) -> QmgrSettings:
 
 
 def bounce_builder(params: Params) -> Any:
+    """Every notice Postfix's bounce(8) would post for an event (cleanup/bounce.py builds them)."""
     from postillion.cleanup import bounce
 
     myhostname = params.get("myhostname")
     myorigin = params.get("myorigin") or myhostname
+    targets = dict(
+        myorigin=myorigin,
+        notify_classes=[c.lower() for c in params.get_list("notify_classes")],
+        bounce_notice_recipient=params.get("bounce_notice_recipient") or "postmaster",
+        double_bounce_notice_recipient=params.get("2bounce_notice_recipient") or "postmaster",
+        delay_notice_recipient=params.get("delay_notice_recipient") or "postmaster",
+        double_bounce_sender=params.get("double_bounce_sender") or "double-bounce",
+    )
+    size_limit = params.get_int("bounce_size_limit")
 
-    def build(kind: str, entry: Any, outcomes: list[Any], now: float, bounce_id: str) -> bytes | None:
+    def notices(kind: str, entry: Any, outcomes: list[Any], now: float) -> list[Notice]:
         when = datetime.datetime.fromtimestamp(now).astimezone()
-        common = dict(envelope=entry.envelope, content=entry.content, queue_id=entry.queue_id,
-                      bounce_id=bounce_id, myhostname=myhostname, myorigin=myorigin, now=when)
-        if kind == "success":
-            result: bytes | None = bounce.success_notification(delivered=outcomes, **common)
-            return result
-        if kind == "delay":
-            result = bounce.delay_warning(
-                delayed=outcomes, delay_warning_time=params.get_time("delay_warning_time"),
-                maximal_queue_lifetime=params.get_time("maximal_queue_lifetime"),
-                bounce_size_limit=params.get_int("bounce_size_limit"), **common,
-            )
-            return result
-        if not bounce.should_bounce(entry.envelope, myorigin=myorigin):
-            return None
-        result = bounce.non_delivery_report(
-            failed=outcomes, bounce_size_limit=params.get_int("bounce_size_limit"), **common
-        )
-        return result
+        out = []
+        for t in bounce.notice_targets(entry.envelope, kind, **targets):
+            common = dict(envelope=entry.envelope, content=entry.content, queue_id=entry.queue_id,
+                          myhostname=myhostname, myorigin=myorigin, now=when, to=t.recipient)
 
-    return build
+            def build(bounce_id: str, t: Any = t, common: dict[str, Any] = common) -> bytes | None:
+                if kind == "success":
+                    result: bytes | None = bounce.success_notification(
+                        delivered=outcomes, bounce_id=bounce_id, **common)
+                elif kind == "delay":
+                    result = bounce.delay_warning(
+                        delayed=outcomes, bounce_id=bounce_id, postmaster_copy=t.postmaster_copy,
+                        delay_warning_time=params.get_time("delay_warning_time"),
+                        maximal_queue_lifetime=params.get_time("maximal_queue_lifetime"),
+                        bounce_size_limit=size_limit, **common)
+                else:
+                    result = bounce.non_delivery_report(
+                        failed=outcomes, bounce_id=bounce_id, postmaster_copy=t.postmaster_copy,
+                        bounce_size_limit=size_limit, **common)
+                return result
+
+            out.append(Notice(sender=t.sender, recipient=t.recipient, build=build))
+        return out
+
+    return notices
 
 
 class QueueForwarder:

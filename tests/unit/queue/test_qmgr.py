@@ -15,7 +15,7 @@ from postillion.delivery import DeliveryRequest, RecipientResult
 from postillion.maillog import MemorySink, QueueLog
 from postillion.queue import scheduler
 from postillion.queue.envelope import Envelope, Recipient
-from postillion.queue.qmgr import QmgrSettings, QueueManager
+from postillion.queue.qmgr import Notice, QmgrSettings, QueueManager
 from postillion.queue.store import ACTIVE, CORRUPT, DEFERRED, INCOMING, QueueStore
 
 ROUTING = scheduler.Routing(
@@ -73,9 +73,10 @@ def make(tmp_path: Path, bounce: bool = True) -> tuple[QueueManager, QueueStore,
     sink = MemorySink()
     clock = Clock()
 
-    def build_bounce(kind, entry, failed, now, bounce_id):  # noqa: ANN001, ANN202 - a tiny stand-in NDR
-        return b"Subject: Undelivered Mail Returned to Sender\r\n\r\n" + b"".join(
+    def build_bounce(kind, entry, failed, now):  # noqa: ANN001, ANN202 - a tiny stand-in NDR
+        body = b"Subject: Undelivered Mail Returned to Sender\r\n\r\n" + b"".join(
             r.address.encode() + b"\r\n" for r, _ in failed)
+        return [Notice(sender="", recipient=entry.envelope.sender, build=lambda _id: body)]
 
     qmgr = QueueManager(
         store=store, settings=QmgrSettings(routing=ROUTING), agents={"smtp": agent},
@@ -204,9 +205,10 @@ def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
     clock = Clock()
     kinds: list[tuple[str, list[str]]] = []
 
-    def build(kind, entry, outcomes, now, bounce_id):  # noqa: ANN001, ANN202
+    def build(kind, entry, outcomes, now):  # noqa: ANN001, ANN202
         kinds.append((kind, [r.address for r, _ in outcomes]))
-        return b"Subject: Delayed Mail (still being retried)\r\n\r\n"
+        body = b"Subject: Delayed Mail (still being retried)\r\n\r\n"
+        return [Notice(sender="", recipient=entry.envelope.sender, build=lambda _id: body)]
 
     qmgr = QueueManager(
         store=store, settings=QmgrSettings(routing=ROUTING, delay_warning_time=3600),
@@ -224,3 +226,39 @@ def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
     asyncio.run(run_once(qmgr))
     assert kinds == [("delay", ["temp@example.org"])]  # not again
     assert store.load(DEFERRED, qid).pending() == [0]
+
+
+def test_real_notices_bounce_and_double_bounce(tmp_path: Path) -> None:
+    """With the real notice builder: a failed message goes back to its sender; a failed bounce
+    (null sender) never goes back to <>: with 2bounce in notify_classes it goes to the
+    postmaster from double-bounce@ (Postfix's default drops it)."""
+    from postillion.config import Params
+    from postillion.server.queue_process import bounce_builder
+
+    store = QueueStore(tmp_path / "spool")
+    store.ensure_layout()
+    clock = Clock()
+    sink = MemorySink()
+    qmgr = QueueManager(
+        store=store, settings=QmgrSettings(routing=ROUTING), agents={"smtp": ScriptedAgent()},
+        log=QueueLog("postfix", sink=sink), clock=clock,
+        bounce=bounce_builder(Params.from_dict({"myhostname": "mail.example.test",
+                                                "notify_classes": "resource, software, 2bounce"})),
+    )
+    first = queue_message(store, "a@example.net", ["perm@example.org"], clock.now)
+    asyncio.run(run_once(qmgr))
+    (ndr,) = store.list(INCOMING)
+    env, content = store.read(ndr)
+    assert (env.sender, [r.address for r in env.recipients]) == ("", ["a@example.net"])
+    assert b"Subject: Undelivered Mail Returned to Sender" in content
+    assert f"{first}: sender non-delivery notification: {ndr}" in sink.texts()
+    store.remove(INCOMING, ndr)
+
+    bounce = queue_message(store, "", ["perm2@example.org"], clock.now)
+    asyncio.run(run_once(qmgr))
+    (double,) = store.list(INCOMING)
+    env, content = store.read(double)
+    assert (env.sender, [r.address for r in env.recipients]) == (
+        "double-bounce@mail.example.test", ["postmaster@mail.example.test"])
+    assert b"Subject: Undelivered Mail Returned to Sender" in content or b"Postmaster" in content
+    assert f"{bounce}: postmaster non-delivery notification: {double}" in sink.texts()
