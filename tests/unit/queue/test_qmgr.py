@@ -260,5 +260,5 @@ def test_real_notices_bounce_and_double_bounce(tmp_path: Path) -> None:
     env, content = store.read(double)
     assert (env.sender, [r.address for r in env.recipients]) == (
         "double-bounce@mail.example.test", ["postmaster@mail.example.test"])
-    assert b"Subject: Undelivered Mail Returned to Sender" in content or b"Postmaster" in content
+    assert b"\r\nSubject: Postmaster Copy: Undelivered Mail\r\n" in content
     assert f"{bounce}: postmaster non-delivery notification: {double}" in sink.texts()
