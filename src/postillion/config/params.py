@@ -213,6 +213,11 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("delay_warning_time", "time:h", "0h", "Send a delay warning after this long (0: never)"),
     ("default_destination_concurrency_limit", "int", "20", "Parallel deliveries per destination"),
     ("default_destination_recipient_limit", "int", "50", "Recipients per delivery request"),
+    *[(f"{t}_destination_{what}_limit", "int", f"$default_destination_{what}_limit",
+       f"{'Parallel deliveries' if what == 'concurrency' else 'Recipients per request'} ({t})")
+      for t in ("smtp", "relay", "lmtp", "virtual") for what in ("concurrency", "recipient")],
+    ("local_destination_concurrency_limit", "int", "2", "Parallel local deliveries per user"),
+    ("local_destination_recipient_limit", "int", "1", "Recipients per local delivery request"),
     # --- smtp delivery agent (delivery/smtp.py, delivery/dns.py)
     ("smtp_helo_name", "str", "$myhostname", "Hostname the SMTP client sends in EHLO/HELO"),
     ("smtp_always_send_ehlo", "bool", "yes", "Always send EHLO first, whatever the greeting says"),

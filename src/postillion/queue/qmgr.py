@@ -44,6 +44,13 @@ class QmgrSettings:
     delay_warning_time: float = 0.0
     destination_concurrency_limit: int = 20
     destination_recipient_limit: int = 50
+    # <transport>_destination_{concurrency,recipient}_limit where they differ from the defaults
+    transport_limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def limits(self, transport: str) -> tuple[int, int]:
+        return self.transport_limits.get(
+            transport, (self.destination_concurrency_limit, self.destination_recipient_limit)
+        )
     myhostname: str = "localhost"
     mail_name: str = "Postfix"
 
@@ -186,7 +193,10 @@ class QueueManager:
             recipient = env.recipients[rcpt]
             r = await scheduler.route(recipient.address, s.routing, self.transport_lookup)
             routed.append((rcpt, recipient, r))
-        jobs = scheduler.batches(routed, recipient_limit=s.destination_recipient_limit)
+        jobs: list[tuple[scheduler.Route, list[tuple[int, Recipient]]]] = []
+        for transport in dict.fromkeys(r.transport for _, _, r in routed):
+            mine = [x for x in routed if x[2].transport == transport]
+            jobs += scheduler.batches(mine, recipient_limit=s.limits(transport)[1])
         results = await asyncio.gather(*(self._deliver(entry, r, members) for r, members in jobs))
         bounced: list[RecipientStatus] = []
         sent: list[RecipientStatus] = []
@@ -237,7 +247,7 @@ class QueueManager:
             ]
         else:
             sem = self._destinations.setdefault(
-                (r.transport, r.nexthop), asyncio.Semaphore(self.settings.destination_concurrency_limit)
+                (r.transport, r.nexthop), asyncio.Semaphore(max(1, self.settings.limits(r.transport)[0]))
             )
             async with sem:
                 started = self.clock()

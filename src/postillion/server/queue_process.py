@@ -82,6 +82,11 @@ def settings_from(params: Params) -> QmgrSettings:
         delay_warning_time=params.get_time("delay_warning_time"),
         destination_concurrency_limit=params.get_int("default_destination_concurrency_limit"),
         destination_recipient_limit=params.get_int("default_destination_recipient_limit"),
+        transport_limits={
+            t: (params.get_int(f"{t}_destination_concurrency_limit"),
+                params.get_int(f"{t}_destination_recipient_limit"))
+            for t in ("smtp", "relay", "lmtp", "local", "virtual")
+        },
         myhostname=params.get("myhostname"),
         mail_name=params.get("mail_name") or "Postfix",
     )
