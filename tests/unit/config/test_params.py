@@ -55,7 +55,8 @@ def test_registry_has_every_required_parameter() -> None:
 def test_registry_names_are_postfix_names_or_ours() -> None:
     # Per-transport names (smtp_destination_concurrency_limit...) exist in Postfix for the
     # transports of its stock master.cf.
-    stock = set(service_parameters((t, t) for t in ("smtp", "relay", "lmtp", "local", "virtual")))
+    stock = set(service_parameters([("smtp", "smtp"), ("relay", "smtp"), ("lmtp", "lmtp"),
+                                    ("local", "local"), ("virtual", "virtual")]))
     strays = [n for n in PARAMETERS
               if n not in postfix_names() | stock and not n.startswith("postillion_")]
     assert strays == []
