@@ -12,7 +12,13 @@ Follows: Postfix DATABASE_README, access(5), postmap(1).
 from __future__ import annotations
 
 from postillion.tables._base import Table, fold, split_words
-from postillion.tables._registry import TABLE_TYPES, TableList, open_table, open_tables, split_spec
+from postillion.tables._registry import (
+    TABLE_TYPES,
+    TableList,
+    open_table,
+    open_tables,
+    split_spec,
+)
 from postillion.tables.search import (
     address_keys,
     address_prefixes,

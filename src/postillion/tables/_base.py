@@ -9,6 +9,7 @@ lower case like Postfix's DICT_FLAG_FOLD_FIX, values are returned as stored.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from postillion.errors import ConfigError
@@ -71,3 +72,17 @@ def split_words(text: str) -> list[str]:
             i += 1
         words.append(text[start:i])
     return words
+
+
+def read_table_file(name: str, config_dir: Path | None, *, spec: str, fix: str) -> tuple[Path, str]:
+    """The path (relative names are relative to the config directory) and text of a table
+    source file, read once at open time; a later edit needs a reload, as with Postfix."""
+    path = Path(name)
+    if not path.is_absolute() and config_dir is not None:
+        path = Path(config_dir) / path
+    try:
+        return path, path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        raise ConfigError("open: no such file", path=path, name=spec, fix=fix) from None
+    except OSError as exc:
+        raise ConfigError(f"open: {exc.strerror or exc}", path=path, name=spec) from exc

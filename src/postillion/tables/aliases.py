@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from postillion.errors import ConfigError
-from postillion.tables._base import Table, fold, split_words
+from postillion.tables._base import Table, fold, read_table_file, split_words
 from postillion.tables._registry import open_table, split_spec
 
 # Indexed types whose source file is an aliases(5) file when named in alias_maps.
@@ -75,18 +75,9 @@ class AliasFileTable:
 
     def __init__(self, name: str, config_dir: Path | None = None) -> None:
         self.spec = f"aliases:{name}"
-        path = Path(name)
-        if not path.is_absolute() and config_dir is not None:
-            path = Path(config_dir) / path
-        self.path = path
-        try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            raise ConfigError("open: no such file", path=path, name=self.spec,
-                              fix="create the aliases file or fix alias_maps") from None
-        except OSError as exc:
-            raise ConfigError(f"open: {exc.strerror or exc}", path=path, name=self.spec) from exc
-        self._data, self.warnings = parse_aliases(text, path=path)
+        self.path, text = read_table_file(name, config_dir, spec=self.spec,
+                                          fix="create the aliases file or fix alias_maps")
+        self._data, self.warnings = parse_aliases(text, path=self.path)
 
     async def lookup(self, key: str) -> str | None:
         return self._data.get(fold(key))

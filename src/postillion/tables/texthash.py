@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from postillion.errors import ConfigError
-from postillion.tables._base import fold
+from postillion.tables._base import fold, read_table_file
 
 
 def parse_source(text: str, *, path: Path | str) -> tuple[dict[str, str], list[str]]:
@@ -58,18 +58,9 @@ class TextHashTable:
 
     def __init__(self, name: str, config_dir: Path | None = None) -> None:
         self.spec = f"texthash:{name}"
-        path = Path(name)
-        if not path.is_absolute() and config_dir is not None:
-            path = Path(config_dir) / path
-        self.path = path
-        try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            raise ConfigError("open: no such file", path=path, name=self.spec,
-                              fix="create the file or fix the path") from None
-        except OSError as exc:
-            raise ConfigError(f"open: {exc.strerror or exc}", path=path, name=self.spec) from exc
-        self._data, self.warnings = parse_source(text, path=path)
+        self.path, text = read_table_file(name, config_dir, spec=self.spec,
+                                          fix="create the file or fix the path")
+        self._data, self.warnings = parse_source(text, path=self.path)
 
     async def lookup(self, key: str) -> str | None:
         return self._data.get(fold(key))
