@@ -67,6 +67,10 @@ class Server:
     extra_main: dict[str, str] = field(default_factory=dict)
 
     @property
+    def console(self) -> Path:
+        return self.config_dir.parent / "console.log"
+
+    @property
     def maillog(self) -> Path:
         return self.config_dir / "data" / "maillog"
 
@@ -100,7 +104,7 @@ class Server:
             if m:
                 return m
             if self.proc is not None and self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                out = self.console.read_text(errors="replace") if self.console.exists() else ""
                 raise AssertionError(f"postillion exited ({self.proc.returncode}) while waiting for {pattern!r}:\n{out}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n{self.log_text()[-4000:]}")
@@ -134,12 +138,15 @@ class Server:
     def start(self) -> None:
         start = self.mark()
         # Its own process group, so a test can kill -9 supervisor and workers together.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "postillion", "-c", str(self.config_dir), "start", "--foreground"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The console goes to a file: --foreground copies every log line there, and a pipe
+        # nobody reads would fill up and block the whole mail system.
+        with self.console.open("ab") as console:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "postillion", "-c", str(self.config_dir), "start", "--foreground"],
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.wait_for_log(r"daemon started", start=start)
         self.wait_for_workers()
 
