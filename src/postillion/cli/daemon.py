@@ -92,15 +92,24 @@ def start(config_dir: Path | str, foreground: bool, worker_main: WorkerMain, *,
     return 1
 
 
-def stop(config_dir: Path | str) -> int:
-    """SIGTERM the supervisor and wait until it has released its pid file."""
+def _running_supervisor(config_dir: Path | str) -> tuple[RunPaths, int] | None:
+    """The run paths and supervisor pid, or None after saying why there is none."""
     run = _run_paths(config_dir)
     if run is None:
-        return 1
+        return None
     pid = read_running_pid(run.pid_file)
     if pid is None:
         _say(f"fatal: {NOT_RUNNING}")
+        return None
+    return run, pid
+
+
+def stop(config_dir: Path | str) -> int:
+    """SIGTERM the supervisor and wait until it has released its pid file."""
+    found = _running_supervisor(config_dir)
+    if found is None:
         return 1
+    run, pid = found
     _say("stopping the postillion mail system")
     try:
         os.kill(pid, signal.SIGTERM)
@@ -117,13 +126,10 @@ def stop(config_dir: Path | str) -> int:
 
 def reload(config_dir: Path | str) -> int:
     """SIGHUP the supervisor; it checks the configuration and logs the outcome."""
-    run = _run_paths(config_dir)
-    if run is None:
+    found = _running_supervisor(config_dir)
+    if found is None:
         return 1
-    pid = read_running_pid(run.pid_file)
-    if pid is None:
-        _say(f"fatal: {NOT_RUNNING}")
-        return 1
+    _, pid = found
     _say("refreshing the postillion mail system")
     os.kill(pid, signal.SIGHUP)
     return 0
