@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -167,16 +166,8 @@ def open_store(params: Params) -> QueueStore:
 def wake_qmgr(config_dir: Path, message: bytes = QMGR_FLUSH_TRIGGER) -> bool:
     """Send one datagram to the queue manager's socket (queue/wakeup.py); False (and nothing
     else) when the socket is absent or nobody listens, since then there is nobody to wake."""
-    path = wakeup.socket_path(open_store(_params(config_dir)).queue_directory)
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        try:
-            sock.sendto(message, str(path))
-        except OSError:  # ECONNREFUSED (stale socket), EAGAIN (queue full: it is awake)
-            return False
-    return True
+    return wakeup.wake_qmgr(wakeup.socket_path(open_store(_params(config_dir)).queue_directory),
+                            message)
 
 
 # --- queue / queue -j (postqueue -p / -j) -----------------------------------------------------

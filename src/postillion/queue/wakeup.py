@@ -63,11 +63,16 @@ class WakeSocket:
             self.sock = None
 
 
-def wake_qmgr(path: Path, message: bytes = b"W") -> None:
-    """Tell the queue manager to look now; silently nothing when it is not running."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+def wake_qmgr(path: Path, message: bytes = b"W") -> bool:
+    """Tell the queue manager to look now.  False, and nothing else, when nobody listens
+    (no socket, a stale one: ECONNREFUSED) or its buffer is full (EAGAIN: it is awake anyway)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
-        s.sendto(message, str(path))
+        try:
+            s.sendto(message, str(path))
+        except OSError:
+            return False
+    return True
 
 
 async def acquire_lock(path: Path, stop: asyncio.Event) -> int | None:
