@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from queue_fileops import FailingOps
 
 from postillion.errors import QueueWriteError
 from postillion.queue import safeio
@@ -18,47 +19,6 @@ from postillion.queue.store import QUEUE_NAMES, QueueStore
 
 CONTENT = b"Subject: t\r\n\r\nhello\r\n"
 ENV = Envelope(sender="alice@example.test", recipients=[Recipient(address="x@remote.test")])
-
-
-class CountingOps(safeio.FileOps):
-    """Real system calls, counted; ``fail`` = (op name, nth call) makes that call raise EIO."""
-
-    def __init__(self, fail: tuple[str, int] | None = None) -> None:
-        self.calls: Counter[str] = Counter()
-        self.fail = fail
-
-    def _step(self, name: str) -> None:
-        self.calls[name] += 1
-        if self.fail == (name, self.calls[name]):
-            raise OSError(5, f"injected failure in {name}")
-
-    def open(self, path, flags, mode):  # type: ignore[override]
-        self._step("open")
-        return super().open(path, flags, mode)
-
-    def fstat(self, fd):  # type: ignore[override]
-        self._step("fstat")
-        return super().fstat(fd)
-
-    def write(self, fd, data):  # type: ignore[override]
-        self._step("write")
-        return super().write(fd, data)
-
-    def fsync(self, fd):  # type: ignore[override]
-        self._step("fsync")
-        super().fsync(fd)
-
-    def close(self, fd):  # type: ignore[override]
-        self._step("close")
-        super().close(fd)
-
-    def rename(self, src, dst):  # type: ignore[override]
-        self._step("rename")
-        super().rename(src, dst)
-
-    def fsync_dir(self, path):  # type: ignore[override]
-        self._step("fsync_dir")
-        super().fsync_dir(path)
 
 
 def make_store(tmp_path: Path, **kw) -> QueueStore:
@@ -137,7 +97,7 @@ def test_commit_twice_is_an_error(tmp_path: Path) -> None:
 
 
 def test_commit_fsyncs_file_and_directory(tmp_path: Path) -> None:
-    ops = CountingOps()
+    ops = FailingOps()
     store = make_store(tmp_path, ops=ops)
     store.begin().commit(ENV, CONTENT)
     assert ops.calls == Counter(
@@ -147,7 +107,7 @@ def test_commit_fsyncs_file_and_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("step", ["write", "fsync", "close", "rename", "fsync_dir"])
 def test_failure_at_each_commit_step_leaves_nothing(tmp_path: Path, step: str) -> None:
-    ops = CountingOps(fail=(step, 1))
+    ops = FailingOps(fail=(step, 1))
     store = make_store(tmp_path, ops=ops)
     pending = store.begin()
     with pytest.raises(QueueWriteError) as info:
@@ -165,7 +125,7 @@ def test_failure_at_each_commit_step_leaves_nothing(tmp_path: Path, step: str) -
 
 @pytest.mark.parametrize("step", ["open", "fstat"])
 def test_failure_in_begin_raises_queue_write_error(tmp_path: Path, step: str) -> None:
-    store = make_store(tmp_path, ops=CountingOps(fail=(step, 1)))
+    store = make_store(tmp_path, ops=FailingOps(fail=(step, 1)))
     with pytest.raises(QueueWriteError):
         store.begin()
     assert all_files(store) == []
@@ -254,6 +214,6 @@ def test_write_atomic_replaces_and_cleans_up(tmp_path: Path) -> None:
     assert target.read_bytes() == b"two"
     for step in ("open", "write", "fsync", "close", "rename"):
         with pytest.raises(OSError, match=step):
-            safeio.write_atomic(target, b"three", ops=CountingOps(fail=(step, 1)))
+            safeio.write_atomic(target, b"three", ops=FailingOps(fail=(step, 1)))
         assert target.read_bytes() == b"two"
         assert sorted(os.listdir(tmp_path)) == ["file"]
