@@ -389,12 +389,15 @@ class QueueLog:
         dsn: str,
         status: str,
         text: str,
+        conn_use: int = 0,
     ) -> None:
-        """``ID: to=<x>, relay=mx[ip]:25, delay=0.12, delays=a/b/c/d, dsn=2.0.0, status=sent (...)``."""
+        """``ID: to=<x>, relay=mx[ip]:25, delay=0.12, delays=a/b/c/d, dsn=2.0.0, status=sent (...)``;
+        ``conn_use=N`` after the relay when a cached connection carried its N-th delivery."""
         orig = f" orig_to=<{printable(orig_to)}>," if orig_to and orig_to != to else ""
+        use = f" conn_use={conn_use}," if conn_use > 1 else ""
         self._emit(
             process,
-            f"{queue_id}: to=<{printable(to)}>,{orig} relay={relay}, delay={format_delay(delay)}, "
+            f"{queue_id}: to=<{printable(to)}>,{orig} relay={relay},{use} delay={format_delay(delay)}, "
             f"delays={'/'.join(format_delay(d) for d in delays)}, dsn={dsn}, "
             f"status={status} ({printable(text, 500)})",
         )

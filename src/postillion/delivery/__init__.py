@@ -39,6 +39,7 @@ class RecipientResult:
     text: str  # the log's "(...)" after status=
     conn_time: float = 0.0  # delays "c": DNS, connect, greeting, HELO, TLS
     xfer_time: float = 0.0  # delays "d": transmission
+    conn_use: int = 0  # the how-many-th delivery over a cached connection (logged when > 1)
 
     @property
     def final(self) -> bool:

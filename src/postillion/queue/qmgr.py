@@ -272,7 +272,7 @@ class QueueManager:
         self.log.delivery(
             process, entry.queue_id, to=recipient.address, orig_to=orig, relay=res.relay,
             delay=max(0.0, now - env.arrival_time), delays=(a, b, res.conn_time, res.xfer_time),
-            dsn=res.dsn, status=res.status, text=res.text,
+            dsn=res.dsn, status=res.status, text=res.text, conn_use=res.conn_use,
         )
         return RecipientStatus(rcpt=res.rcpt, status=res.status, dsn=res.dsn, relay=res.relay,
                                text=res.text, time=now)

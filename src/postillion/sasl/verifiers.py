@@ -42,6 +42,8 @@ class Verifier(Protocol):
         service: str | None = None,
         realm: str | None = None,
         client_addr: str | None = None,
+        local_addr: str | None = None,
+        secured: bool = False,
     ) -> bool: ...
 
 
@@ -61,6 +63,8 @@ class UserDBVerifier:
         service: str | None = None,
         realm: str | None = None,
         client_addr: str | None = None,
+        local_addr: str | None = None,
+        secured: bool = False,
     ) -> bool:
         try:
             return await asyncio.to_thread(self._db.verify, username, password, cache=self._cache)
@@ -95,6 +99,8 @@ class SaslauthdVerifier:
         service: str | None = None,
         realm: str | None = None,
         client_addr: str | None = None,
+        local_addr: str | None = None,
+        secured: bool = False,
     ) -> bool:
         # saslauthd 2.1.28 reads exactly four fields, so client_addr is not sent.
         login, user_realm = split_realm(username, self.realm if realm is None else realm)

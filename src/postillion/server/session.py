@@ -593,6 +593,8 @@ class Session:
                     service=ctx.sasl_service,
                     realm=ctx.sasl_realm or None,
                     client_addr=self.client_addr,
+                    local_addr=self.local_addr,
+                    secured=self.conn.tls_active,
                 )
                 action = exchange.verified(ok)
             except AuthBackendError as exc:
