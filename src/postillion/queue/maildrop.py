@@ -48,6 +48,7 @@ versions, a short or long content and anything after it make the file damaged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -68,11 +69,13 @@ from postillion.cleanup.headers import (
     quote_822_local,
     split_headers,
 )
+from postillion.cleanup.checks import CheckResult, ContentChecks, Disposition, MessageContext, inspect_message
+from postillion.cleanup.content import added_recipients, content_checks
 from postillion.config import Params
 from postillion.errors import PostillionError, QueueWriteError
 from postillion.maillog import printable
 from postillion.queue.envelope import NOTIFY_VALUES, Envelope, Recipient
-from postillion.queue.store import CORRUPT, QueueStore
+from postillion.queue.store import CORRUPT, HOLD, INCOMING, QueueStore
 
 MAILDROP = "maildrop"
 MAILDROP_DIR_MODE = 0o1733  # Postfix: 1730 root:postdrop; we have no setgid postdrop program
@@ -334,6 +337,8 @@ class PickupSettings:
     message_size_limit: int = 10240000
     drop_headers: frozenset[str] = frozenset({"bcc", "content-length", "resent-bcc", "return-path"})
     header_from_format: str = "standard"
+    checks: ContentChecks = ContentChecks()  # header_checks, body_checks ... (cleanup/content.py)
+    always_bcc: str = ""
 
 
 def pickup_settings(params: Params) -> PickupSettings:
@@ -345,6 +350,8 @@ def pickup_settings(params: Params) -> PickupSettings:
         message_size_limit=params.get_int("message_size_limit"),
         drop_headers=frozenset(h.lower() for h in params.get_list("message_drop_headers")),
         header_from_format=params.get("header_from_format") or "standard",
+        checks=content_checks(params),
+        always_bcc=params.get("always_bcc"),
     )
 
 
@@ -609,18 +616,59 @@ class Pickup:
                     pending.abort()
                     self._reject(name, st, str(exc))
                     return None
-                queue_id = pending.commit(sub.envelope, sub.content)
+                result, sub = self._inspect(drop, sub, st, pending.queue_id, posted)
+                queue_id = pending.queue_id
+                if result.disposition not in (Disposition.REJECT, Disposition.DISCARD):
+                    queue_id = pending.commit(
+                        sub.envelope, sub.content,
+                        queue=HOLD if result.disposition is Disposition.HOLD else INCOMING,
+                    )
         except QueueWriteError as exc:
             self._warn(f"{MAILDROP}/{name}: uid={st.st_uid}: {exc}; will try again")
             return None
         for text in warnings:
             self._warn(f"{queue_id}: {text}")
         self.log.info(pickup_line(queue_id, st.st_uid, sub.log_sender), process="pickup")
-        self.log.info(message_id_line(queue_id, sub.message_id), process="cleanup")
+        for line in result.log:
+            self.log.info(line, process="cleanup")
+        if result.filter is not None:
+            self._warn(f"{queue_id}: FILTER {result.filter} ignored: no content_filter support")
+        if result.disposition is Disposition.REJECT:
+            # Postfix bounces it to the sender; postillion (not yet) only logs the reject.
+            self._remove(name, st)
+            return None
+        if result.disposition is not Disposition.DISCARD:
+            self.log.info(message_id_line(queue_id, sub.message_id), process="cleanup")
         self._remove(name, st)
-        if self.on_queued is not None:
+        if self.on_queued is not None and result.disposition is Disposition.ACCEPT:
             self.on_queued(queue_id)
         return queue_id
+
+    def _inspect(self, drop: DropFile, sub: Submission, st: os.stat_result, queue_id: str,
+                 posted: datetime.datetime) -> tuple[CheckResult, Submission]:
+        """header_checks/body_checks on the content as submitted (cleanup's own headers are
+        not inspected), then REDIRECT, BCC and always_bcc on the envelope."""
+        settings = self.settings
+        result = CheckResult(content=drop.content)
+        if settings.checks:
+            env = sub.envelope
+            result = inspect_message(canonical_lines(drop.content), settings.checks, MessageContext(
+                queue_id=queue_id, origin="local", sender=env.sender,
+                recipient=env.recipients[0].address if env.recipients else None,
+            ))
+            if result.content != canonical_lines(drop.content):
+                sub = build_message(dataclasses.replace(drop, content=result.content), uid=st.st_uid,
+                                    login=self.login_of(st.st_uid), queue_id=queue_id,
+                                    posted=posted, settings=settings)
+        recipients = list(sub.envelope.recipients)
+        if result.redirect is not None:
+            recipients = [Recipient(address=result.redirect)]
+        extra = added_recipients([r.address for r in recipients], result.bcc, settings.always_bcc)
+        recipients += [Recipient(address=a, notify=("NEVER",)) for a in extra]
+        if recipients != list(sub.envelope.recipients):
+            sub = dataclasses.replace(sub, envelope=dataclasses.replace(sub.envelope,
+                                                                       recipients=recipients))
+        return result, sub
 
     def _remove(self, name: str, st: os.stat_result) -> None:
         path = self.directory / name

@@ -39,6 +39,8 @@ State changes after the commit (the queue manager's and postsuper's):
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import os
 import time
@@ -134,8 +136,9 @@ class PendingMessage:
     def finished(self) -> bool:
         return self._fd is None
 
-    def commit(self, envelope: Envelope, content: bytes) -> str:
-        """Write *envelope* and *content* durably into ``incoming/``; return the queue id.
+    def commit(self, envelope: Envelope, content: bytes, *, queue: str = INCOMING) -> str:
+        """Write *envelope* and *content* durably into ``incoming/`` (or *queue*: ``hold/`` for a
+        header_checks HOLD, so that no queue scan sees it first); return the queue id.
 
         The record carries ``queue_id`` even if *envelope* (which is not modified) has none.
         """
@@ -143,7 +146,7 @@ class PendingMessage:
             raise RuntimeError(f"{self.queue_id}: commit after commit or abort")
         fd, self._fd = self._fd, None
         ops = self._store.ops
-        final = self._store.path(INCOMING, self.queue_id)
+        final = self._store.path(queue, self.queue_id)
         data = record.encode(replace(envelope, queue_id=self.queue_id), content)
         try:
             safeio.write_all(fd, data, ops=ops)
@@ -154,6 +157,12 @@ class PendingMessage:
             safeio.publish(fd, self.tmp_path, final, withdraw=True, ops=ops)
         except OSError as exc:
             raise QueueWriteError(f"{self.queue_id}: commit queue file: {exc}") from exc
+        if final.parent != self.tmp_path.parent:
+            # The message is durable in its final place already; this only keeps the temporary
+            # name from coming back after a crash (a leftover the next start removes anyway), so
+            # a failure here must not make the client retry and duplicate the message.
+            with contextlib.suppress(OSError):
+                ops.fsync_dir(self.tmp_path.parent)
         self.committed = True
         return self.queue_id
 

@@ -21,12 +21,17 @@ TABLE_TYPES: dict[str, str] = {
     "fail": "postillion.tables.inline:FailTable",
     "texthash": "postillion.tables.texthash:TextHashTable",
     "unix": "postillion.tables.unix:UnixTable",
+    "regexp": "postillion.tables.regexp:RegexpTable",
+    "pcre": "postillion.tables.regexp:PcreTable",
+    "sqlite": "postillion.tables.sqlite:SqliteTable",
+    # postillion:users, the embedded user store as a sender login map (sasl/login_table.py).
+    "postillion": "postillion.sasl.login_table:UserStoreTable",
 }
 
 # Types Postfix has and postillion does not (yet): named in the error's fix text.
 _POSTFIX_ONLY = frozenset({
-    "hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "regexp", "pcre", "cidr", "tcp", "socketmap",
-    "ldap", "mysql", "pgsql", "sqlite", "memcache", "nis", "nisplus", "netinfo", "environ",
+    "hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "cidr", "tcp", "socketmap",
+    "ldap", "mysql", "pgsql", "memcache", "nis", "nisplus", "netinfo", "environ",
     "internal", "pipemap", "unionmap", "randmap",
 })
 
