@@ -6,7 +6,8 @@ Owns: turning a nexthop (``example.org``, ``example.org:2525``, ``[mx.example.or
 Must not import: server, cli, queue (it knows nothing about messages).
 Follows: RFC 5321 §5.1 (MX, implicit MX), RFC 7505 (null MX), Postfix smtp_addr.c
 (smtp_domain_addr / smtp_host_addr statuses) and dns_lookup.c (the "Name service error" texts),
-smtp_mx_address_limit, inet_protocols, smtp_host_lookup.
+smtp_mx_address_limit, inet_protocols (also for numeric next hops such as ``[::1]:2525``),
+smtp_host_lookup, smtp_defer_if_no_mx_address_found.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ class Resolver:
         address_limit: int = 5,
         randomize: bool = True,
         lifetime: float = 10.0,
+        defer_no_mx_address: bool = False,
     ) -> None:
         self.families = families
+        self.defer_no_mx_address = defer_no_mx_address
         self.use_dns = use_dns
         self.native = native
         self.address_limit = address_limit
@@ -151,6 +154,7 @@ class Resolver:
     async def targets(self, nexthop: Nexthop) -> list[Target]:
         """Addresses to try in order; raises LookupFailure when there are none."""
         if _is_ip(nexthop.host):
+            self._check_family(nexthop.host)
             return [Target(nexthop.host, nexthop.host, nexthop.port)]
         if nexthop.mx and self.use_dns:
             targets = await self._mx_targets(nexthop)
@@ -195,12 +199,23 @@ class Resolver:
                 targets.extend(Target(host, a, nexthop.port, pref) for a in addresses)
         if not targets:
             assert last is not None
+            if self.defer_no_mx_address and last.dsn[0] == "5":
+                # smtp_defer_if_no_mx_address_found: same text, soft status.
+                raise LookupFailure("4" + last.dsn[1:], last.text)
             raise last
         return targets
+
+    def _check_family(self, address: str) -> None:
+        """A numeric address of a family inet_protocols leaves out: smtp_addr_one() hands it
+        to the DNS lookup, which refuses numeric names."""
+        rtype = "A" if ipaddress.ip_address(address).version == 4 else "AAAA"
+        if rtype not in self.families:
+            raise LookupFailure("5.4.4", f"Name service error for {address}: invalid host or domain name")
 
     async def _host(self, host: str) -> list[str]:
         """A/AAAA addresses of one host, per inet_protocols; LookupFailure when none."""
         if _is_ip(host):
+            self._check_family(host)
             return [host]
         addresses: list[str] = []
         failure: LookupFailure | None = None

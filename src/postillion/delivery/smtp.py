@@ -3,16 +3,23 @@
 Owns: the asyncio driver around ``smtp.ClientConnection``: connecting (smtp_connect_timeout,
 trying the next MX address), the greeting, EHLO/HELO, client STARTTLS per
 smtp_tls_security_level (none, may, encrypt, verify, secure), client SASL (PLAIN/LOGIN with
-smtp_sasl_password_maps), MAIL/RCPT/DATA with PIPELINING when offered, and Postfix's status
-texts (``host mx[ip] said: ... (in reply to RCPT TO command)``, ``connect to mx[ip]:25:
+smtp_sasl_password_maps), MAIL/RCPT/DATA with PIPELINING when offered, connection reuse
+(sessions kept in a ``ConnectionCache`` by next hop and by address, RSET probe before reuse,
+smtp_connection_* limits), the 8BITMIME downgrade (mime8.py) and Postfix's status texts
+(``host mx[ip] said: ... (in reply to RCPT TO command)``, ``connect to mx[ip]:25:
 Connection refused``, ``lost connection with ...``).
 Must not import: server, cli, maillog (the queue manager logs the results).
-Follows: Postfix smtp(8): smtp_connect.c (server iteration, FINAL_SERVER), smtp_proto.c
-(the protocol, xfer_states/xfer_request texts), smtp_trouble.c (site/message/recipient
-failures), smtp_sasl_glue.c (password lookup: remote host, then nexthop); RFC 3207, RFC 4954.
+Follows: Postfix smtp(8): smtp_connect.c (server iteration, FINAL_SERVER, smtp_reuse_nexthop
+before the DNS lookup, then smtp_reuse_addr per address), smtp_reuse.c and smtp_proto.c (the
+protocol, xfer_states/xfer_request texts, RSET probe and final RSET, SMTP_MIME_DOWNGRADE),
+smtp_trouble.c (site/message/recipient failures), smtp_sasl_glue.c (password lookup: remote
+host, then nexthop); RFC 3207, RFC 4954, RFC 6152.
 
-Not done (yet): connection reuse, MIME downgrade for servers without 8BITMIME, BDAT, client
-certificates, DANE/fingerprint levels, loop detection against our own addresses.
+Differences from Postfix: caching "on demand" has no backlog signal from the queue manager,
+so every clean session is cached (for smtp_connection_cache_time_limit); TLS sessions are
+cached as they are (Postfix needs tlsproxy(8) and smtp_tls_connection_reuse for that).
+Not done (yet): BDAT, client certificates, DANE/fingerprint levels, loop detection against
+our own addresses.
 """
 
 from __future__ import annotations
@@ -30,13 +37,16 @@ from dataclasses import dataclass
 
 from postillion.config import Params
 from postillion.delivery import DeliveryRequest, RecipientResult
+from postillion.delivery.conncache import ConnectionCache
 from postillion.delivery.dns import (
     LookupFailure,
+    Nexthop,
     Resolver,
     Target,
     families_for,
     parse_nexthop,
 )
+from postillion.delivery.mime8 import downgrade
 from postillion.errors import ConfigError, TableLookupError
 from postillion.queue.envelope import Recipient
 from postillion.smtp._client import (
@@ -66,6 +76,8 @@ W_RCPT = "sending RCPT TO"
 W_DATA = "sending DATA command"
 W_BODY = "sending message body"
 W_DOT = "sending end of data -- message may be sent more than once"
+W_RSET_FINAL = "sending final RSET"
+W_RSET_PROBE = "sending RSET probe"
 
 # xfer_request[]: the "(in reply to ...)" names.
 IN_REPLY_TO = {MAIL: "MAIL FROM command", RCPT: "RCPT TO command", DATA: "DATA command",
@@ -78,6 +90,7 @@ class _Status:
     dsn: str
     text: str
     relay: str
+    conn_use: int = 0
 
 
 class _SessionFail(Exception):
@@ -182,6 +195,7 @@ class SmtpAgent:
             native="native" in lookup,
             address_limit=params.get_int("smtp_mx_address_limit"),
             randomize=params.get_bool("smtp_randomize_addresses"),
+            defer_no_mx_address=params.get_bool("smtp_defer_if_no_mx_address_found"),
         )
         self.helo_name = params.get("smtp_helo_name")
         self.timeouts = {name: params.get_time(f"smtp_{name}_timeout") for name in (
@@ -205,6 +219,15 @@ class SmtpAgent:
         }
         self.sasl_filter = [w.upper() for w in params.get_list("smtp_sasl_mechanism_filter")]
         self.sasl_soft_bounce = params.get_bool("smtp_sasl_auth_soft_bounce")
+        self.timeouts["rset"] = params.get_time("smtp_rset_timeout")
+        self.cache_on_demand = params.get_bool("smtp_connection_cache_on_demand")
+        self.cache_destinations = {w.lower() for w in params.get_list("smtp_connection_cache_destinations")}
+        self.reuse_time_limit = params.get_time("smtp_connection_reuse_time_limit")
+        self.reuse_count_limit = params.get_int("smtp_connection_reuse_count_limit")
+        self.cache: ConnectionCache[_Session] = ConnectionCache(params.get_time("smtp_connection_cache_time_limit"))
+        self.mime_output_conversion = not params.get_bool("disable_mime_output_conversion")
+        self.mime_nesting_limit = params.get_int("mime_nesting_limit")
+        self.mime_boundary_limit = params.get_int("mime_boundary_length_limit")
 
     @staticmethod
     def _tls_level(params: Params) -> str:
@@ -259,54 +282,47 @@ class SmtpAgent:
             conn = (mail_at if mail_at is not None else now) - start
             xfer = now - mail_at if mail_at is not None else 0.0
             done[idx] = RecipientResult(rcpt=idx, status=status, dsn=dsn, relay=st.relay,
-                                        text=st.text, conn_time=conn, xfer_time=xfer)
+                                        text=st.text, conn_time=conn, xfer_time=xfer,
+                                        conn_use=st.conn_use)
             open_rcpts.pop(idx, None)
 
         def fail_all(st: _Status) -> None:
             for idx in list(open_rcpts):
                 finish(idx, st)
 
+        def results() -> list[RecipientResult]:
+            return [done[i] for i, _ in request.recipients]
+
         try:
             nexthop = parse_nexthop(request.nexthop)
         except ValueError as exc:
             fail_all(_Status("deferred", "4.3.5", str(exc), "none"))
-            return [done[i] for i, _ in request.recipients]
-        try:
-            targets = await self.resolver.targets(nexthop)
-        except LookupFailure as exc:
-            status = "deferred" if exc.dsn[0] == "4" else "bounced"
-            fail_all(_Status(status, exc.dsn, exc.text, "none"))
-            return [done[i] for i, _ in request.recipients]
+            return results()
 
+        caching = self._caching(request.nexthop, nexthop)
+        dest_label = f"{nexthop.host.lower()}:{nexthop.port}:{'mx' if nexthop.mx else 'host'}"
         last = _Status("deferred", "4.4.1", f"no route to {request.nexthop}", "none")
         sessions = 0
-        i = 0
-        use_tls = True
-        while i < len(targets) and open_rcpts:
-            target = targets[i]
-            final = i == len(targets) - 1 or (self.session_limit > 0 and sessions + 1 >= self.session_limit)
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(target.address, target.port), self.timeouts["connect"])
-            except (OSError, TimeoutError) as exc:
-                last = _Status("deferred", "4.4.1",
-                               f"connect to {target.namaddrport}: {_strerror(exc)}", "none")
-                i += 1
-                continue
-            sessions += 1
-            session = _Session(self, target, request, nexthop.host, list(open_rcpts.items()),
-                               reader, writer, timing, tls_allowed=use_tls)
+
+        async def attempt(session: _Session, *, final: bool, best: bool) -> _Status | None:
+            """One session's worth of delivery; None when the same server must be retried
+            in plaintext (STARTTLS failed at level may)."""
+            nonlocal last
+            session.bind(request, list(open_rcpts.items()), timing)
+            clean = False
             try:
                 outcomes = await session.run()
+                clean = True
             except _TlsFallback:
-                use_tls = False  # same server again, in plaintext
-                continue
-            except _SessionFail as exc:
-                outcomes = {idx: _Status(_status_of(exc.dsn), exc.dsn, exc.text, target.namaddrport)
-                            for idx in open_rcpts}
-            finally:
                 await session.close()
-            use_tls = True
+                return None
+            except _SessionFail as exc:
+                outcomes = {idx: _Status(_status_of(exc.dsn), exc.dsn, exc.text, session.relay, session.uses)
+                            for idx in open_rcpts}
+            if clean:
+                await self._release(session, labels=(dest_label,) if best else ())
+            else:
+                await session.close()
             for idx, st in outcomes.items():
                 if st.status == "deferred" and not final:
                     last = st  # Postfix keeps the recipient for the next server
@@ -315,11 +331,100 @@ class SmtpAgent:
                     last = st
                     continue
                 finish(idx, st)
+            return last
+
+        # Postfix's smtp_reuse_nexthop(): a cached session for this next hop goes first,
+        # before any DNS lookup.
+        if caching:
+            session = await self._reuse(dest_label)
+            if session is not None:
+                sessions += 1
+                await attempt(session, final=False, best=True)
+                if not open_rcpts:
+                    return results()
+
+        try:
+            targets = await self.resolver.targets(nexthop)
+        except LookupFailure as exc:
+            status = "deferred" if exc.dsn[0] == "4" else "bounced"
+            fail_all(_Status(status, exc.dsn, exc.text, "none"))
+            return results()
+
+        best_pref = targets[0].pref if targets else 0
+        i = 0
+        use_tls = True
+        while i < len(targets) and open_rcpts:
+            target = targets[i]
+            final = i == len(targets) - 1 or (self.session_limit > 0 and sessions + 1 >= self.session_limit)
+            endpoint = self._endpoint_label(target, nexthop.host)
+            session = await self._reuse(endpoint) if caching and use_tls else None
+            if session is None:
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(target.address, target.port), self.timeouts["connect"])
+                except (OSError, TimeoutError) as exc:
+                    last = _Status("deferred", "4.4.1",
+                                   f"connect to {target.namaddrport}: {_strerror(exc)}", "none")
+                    i += 1
+                    continue
+                session = _Session(self, target, nexthop.host, reader, writer, tls_allowed=use_tls,
+                                   endpoint=endpoint, cacheable=caching)
+            sessions += 1
+            if await attempt(session, final=final, best=target.pref == best_pref) is None:
+                use_tls = False  # same server again, in plaintext
+                continue
+            use_tls = True
             if final:
                 break
             i += 1
         fail_all(last)
-        return [done[i] for i, _ in request.recipients]
+        return results()
+
+    # ------------------------------------------------------------------ connection cache
+    def _caching(self, nexthop_text: str, nexthop: Nexthop) -> bool:
+        """smtp_connection_cache_on_demand, or a destination named in
+        smtp_connection_cache_destinations (the nexthop as written, or its host)."""
+        if self.cache_on_demand:
+            return True
+        names = {nexthop_text.strip().lower(), nexthop.host.lower(),
+                 f"[{nexthop.host.lower()}]", f"[{nexthop.host.lower()}]:{nexthop.port}"}
+        return bool(names & self.cache_destinations)
+
+    def _endpoint_label(self, target: Target, nexthop_host: str) -> str:
+        label = f"[{target.address}]:{target.port}"
+        # Credentials and certificate names depend on the nexthop: such sessions are only
+        # shared between deliveries to the same nexthop (Postfix puts them in the label).
+        if self.sasl_enable or self.tls_level in ("verify", "secure"):
+            label += f"/{nexthop_host.lower()}"
+        return label
+
+    async def _reuse(self, label: str) -> _Session | None:
+        """A cached session that still answers an RSET probe; dead ones are dropped silently."""
+        while (session := self.cache.take(label)) is not None:
+            if await session.probe():
+                return session
+            await session.close()
+        return None
+
+    async def _release(self, session: _Session, *, labels: tuple[str, ...]) -> None:
+        """After a transaction: keep the session for the next delivery, or QUIT."""
+        if session.cacheable and self._may_reuse(session):
+            if not session.needs_rset or await session.rset(W_RSET_FINAL):
+                self.cache.store(session, (*labels, session.endpoint))
+                return
+            await session.close()
+            return
+        await session.quit()
+        await session.close()
+
+    def _may_reuse(self, session: _Session) -> bool:
+        if self.reuse_count_limit > 0 and session.uses - 1 >= self.reuse_count_limit:
+            return False
+        return self.clock() - session.created < self.reuse_time_limit
+
+    async def aclose(self) -> None:
+        """QUIT every cached connection (the queue manager is stopping)."""
+        await self.cache.aclose()
 
     async def sasl_credentials(self, host: str, nexthop: str) -> tuple[str, str] | None:
         """username, password for this server: looked up by remote host name, then nexthop."""
@@ -352,34 +457,46 @@ class _Timing:
 
 
 class _Session:
-    """One SMTP session with one server, for the recipients still open."""
+    """One SMTP connection: set up once (greeting, EHLO, STARTTLS, AUTH), then one
+    transaction per delivery request bound to it; kept in the agent's cache in between."""
 
     def __init__(
         self,
         agent: SmtpAgent,
         target: Target,
-        request: DeliveryRequest,
         nexthop_domain: str,
-        rcpts: list[tuple[int, Recipient]],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        timing: _Timing,
         *,
         tls_allowed: bool,
+        endpoint: str = "",
+        cacheable: bool = False,
     ) -> None:
         self.agent = agent
         self.target = target
-        self.request = request
         self.nexthop_domain = nexthop_domain
-        self.rcpts = rcpts
         self.reader = reader
         self.writer = writer
-        self.timing = timing
         self.tls_allowed = tls_allowed
+        self.endpoint = endpoint
+        self.cacheable = cacheable
         self.conn = ClientConnection()
         self.namaddr = target.namaddr
         self.relay = target.namaddrport
         self.tls_verified = False
+        self.ready = False  # greeting, EHLO, STARTTLS and AUTH done
+        self.created = agent.clock()
+        self.uses = 0  # transactions started on this connection (Postfix's conn_use)
+        self.needs_rset = False  # a transaction was left open (no end of data)
+        self.request: DeliveryRequest
+        self.rcpts: list[tuple[int, Recipient]] = []
+        self.timing = _Timing(self.created)
+
+    def bind(self, request: DeliveryRequest, rcpts: list[tuple[int, Recipient]], timing: _Timing) -> None:
+        """The delivery request the next transaction carries."""
+        self.request = request
+        self.rcpts = rcpts
+        self.timing = timing
 
     # ------------------------------------------------------------------ I/O helpers
     async def _reply(self, where: str, timeout: float) -> ServerReply:
@@ -417,16 +534,52 @@ class _Session:
         except (OSError, TimeoutError, ssl.SSLError):
             pass
 
-    async def _quit(self) -> None:
+    async def quit(self) -> None:
         # smtp_skip_quit_response = yes: send QUIT and hang up without waiting.
         try:
             self.writer.write(self.conn.quit(expect_reply=False))
             await asyncio.wait_for(self.writer.drain(), self.agent.timeouts["quit"])
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, ssl.SSLError):
             pass
+
+    async def aclose(self) -> None:
+        """The cache's idle limit expired: QUIT and hang up."""
+        await self.quit()
+        await self.close()
+
+    async def rset(self, where: str) -> bool:
+        """RSET and a 2xx reply; False for anything else (the session is then unusable)."""
+        t = self.agent.timeouts["rset"]
+        try:
+            await self._send(self.conn.rset(), where, t)
+            reply = await self._reply(where, t)
+        except _SessionFail:
+            return False
+        self.needs_rset = False
+        return reply.code // 100 == 2
+
+    async def probe(self) -> bool:
+        """Is a cached connection still alive?  (Postfix's RSET probe before reuse.)"""
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        return await self.rset(W_RSET_PROBE)
 
     # ------------------------------------------------------------------ protocol
     async def run(self) -> dict[int, _Status]:
+        """One transaction for the bound request, after the set-up on a new connection."""
+        if not self.ready:
+            await self._setup()
+            self.ready = True
+        if _needs_smtputf8(self.request) and "SMTPUTF8" not in self.conn.extensions:
+            raise _SessionFail("5.6.7", f"SMTPUTF8 is required, but was not offered by host {self.namaddr}")
+        limit = self.conn.extensions.size_limit
+        size = len(self.request.content)
+        if limit and size > limit:
+            raise _SessionFail("5.3.4", f"message size {size} exceeds size limit {limit} of server {self.namaddr}")
+        self.uses += 1
+        return await self._transaction()
+
+    async def _setup(self) -> None:
         t = self.agent.timeouts
         greeting = await self._reply(W_GREETING, t["helo"])
         if greeting.code // 100 != 2:
@@ -439,13 +592,6 @@ class _Session:
             raise _SessionFail("5.6.7", f"SMTPUTF8 is required, but was not offered by host {self.namaddr}")
         await self._starttls()
         await self._authenticate()
-        limit = self.conn.extensions.size_limit
-        size = len(self.request.content)
-        if limit and size > limit:
-            raise _SessionFail("5.3.4", f"message size {size} exceeds size limit {limit} of server {self.namaddr}")
-        outcomes = await self._transaction()
-        await self._quit()
-        return outcomes
 
     async def _hello(self) -> None:
         t = self.agent.timeouts["helo"]
@@ -576,6 +722,20 @@ class _Session:
             smtputf8=env.smtputf8 and "SMTPUTF8" in ext,
         )
 
+    def _content(self) -> bytes:
+        """The message as this server may receive it: Postfix's SMTP_MIME_DOWNGRADE turns
+        8bit parts into quoted-printable for a server without 8BITMIME, unless
+        disable_mime_output_conversion = yes (then the message goes as it is)."""
+        content = self.request.content
+        ext = self.conn.extensions
+        agent = self.agent
+        if "8BITMIME" in ext or "SMTPUTF8" in ext or not agent.mime_output_conversion:
+            return content
+        if not _eight_bit(self.request):
+            return content
+        return downgrade(content, nesting_limit=agent.mime_nesting_limit,
+                         boundary_limit=agent.mime_boundary_limit)[0]
+
     def _rcpt_command(self, rcpt: Recipient) -> bytes:
         if "DSN" in self.conn.extensions:
             return self.conn.rcpt(rcpt.address, orcpt=rcpt.orcpt, notify=rcpt.notify)
@@ -590,7 +750,7 @@ class _Session:
 
         def rcpt_failed(idx: int, reply: ServerReply, command: str) -> None:
             dsn, text = _failure(reply, self.namaddr, command)
-            out[idx] = _Status(_status_of(dsn), dsn, text, self.relay)
+            out[idx] = _Status(_status_of(dsn), dsn, text, self.relay, self.uses)
 
         if pipelining:
             # RFC 2920: MAIL, every RCPT and DATA go in one write; replies come back in order.
@@ -598,6 +758,8 @@ class _Session:
             await self._send(batch + self.conn.data(), W_MAIL, t["mail"])
         else:
             await self._send(self._mail_command(), W_MAIL, t["mail"])
+        # Until the end of data is answered, a cached session needs Postfix's "final RSET".
+        self.needs_rset = True
         reply = await self._reply(W_MAIL, t["mail"])
         mail_rejected = reply.code // 100 != 2
         if mail_rejected:
@@ -626,9 +788,10 @@ class _Session:
                     rcpt_failed(idx, reply, DATA)
             return out
         # With nobody accepted (pipelined DATA still got 354) Postfix sends just "." (RFC 2920).
-        content = self.request.content if accepted else b""
+        content = self._content() if accepted else b""
         await self._send(self.conn.message(content), W_BODY, t["data_xfer"])
         reply = await self._reply(W_DOT, t["data_done"])
+        self.needs_rset = False
         if not accepted:
             return out
         if reply.code // 100 != 2:
@@ -636,5 +799,5 @@ class _Session:
                 rcpt_failed(idx, reply, END_OF_DATA)
             return out
         for idx in accepted:
-            out[idx] = _Status("sent", reply.enhanced or "2.0.0", reply.text, self.relay)
+            out[idx] = _Status("sent", reply.enhanced or "2.0.0", reply.text, self.relay, self.uses)
         return out

@@ -57,6 +57,8 @@ class Policy:
     message_size_limit: int = 10240000
     drop_after: str = ""  # "greeting" | "mail" | "data": hang up there without a reply
     stall_greeting: bool = False  # accept the connection and say nothing
+    idle_timeout: float | None = None  # like smtpd_timeout: "421 ... timeout exceeded", hang up
+    hangup_after_message: bool = False  # close silently right after the end-of-data reply
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Session:
     events: list = field(default_factory=list)
     tls: bool = False
     authenticated: str | None = None
+    quit: bool = False  # the client said QUIT (the engine answers it without an event)
 
 
 class Peer:
@@ -94,6 +97,7 @@ class Peer:
         p = self.policy
         conn = ServerConnection(self.settings())
         exchange: AuthExchange | None = None
+        hangup_pending = False
         try:
             if p.drop_after == "greeting":
                 return
@@ -108,8 +112,17 @@ class Peer:
                     writer.write(conn.data_to_send())
                     await writer.drain()
                     if conn.closing:
+                        session.quit = True
                         return
-                    data = await reader.read(65536)
+                    if hangup_pending:
+                        hangup_pending = False
+                        return
+                    try:
+                        data = await asyncio.wait_for(reader.read(65536), p.idle_timeout)
+                    except TimeoutError:
+                        writer.write(f"421 4.4.2 {p.hostname} Error: timeout exceeded\r\n".encode())
+                        await writer.drain()
+                        return
                     conn.receive_data(data)
                     continue
                 session.events.append(ev)
@@ -132,6 +145,7 @@ class Peer:
                 elif isinstance(ev, MessageComplete):
                     self.messages.append(ev.content)
                     conn.send(p.end_of_data or replies.queued(QUEUE_ID))
+                    hangup_pending = p.hangup_after_message
                 elif isinstance(ev, StartTls):
                     conn.send(replies.STARTTLS_GO)
                     writer.write(conn.data_to_send())
