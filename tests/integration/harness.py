@@ -221,7 +221,8 @@ def make_server(
 ) -> Server:
     """A configured (not started) server; `master` may use {smtp} {submission} {smtps} ports,
     or any other {name}, which gets a free port of its own.  Without `qmgr` the queue manager
-    line is left out, so accepted mail stays in incoming/ for the test to inspect."""
+    line (and the local service's) is left out, so accepted mail stays in incoming/ for the
+    test to inspect."""
     base = Path(tempfile.mkdtemp(prefix="postillion-test-", dir="/tmp"))
     base.chmod(0o755)  # the unprivileged workers must reach the data directory
     config_dir = base / "etc"
@@ -237,9 +238,9 @@ def make_server(
             .replace("127.0.0.1:587 ", f"127.0.0.1:{ports['submission']} ")
             .replace("127.0.0.1:465 ", f"127.0.0.1:{ports['smtps']} ")
         )
-    if not qmgr:
+    if not qmgr:  # the local delivery service only serves the queue manager: both go
         master_cf = "".join(line for line in master_cf.splitlines(keepends=True)
-                            if not line.startswith("qmgr "))
+                            if not line.startswith(("qmgr ", "local ")))
     (config_dir / "master.cf").write_text(master_cf)
     settings = {
         "postillion_worker_processes": str(workers),

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import HOSTNAME, postillion
 
-MAIN_LINES = 30  # lines in the main.cf `postillion init` writes; appended lines follow
+MAIN_LINES = 32  # lines in the main.cf `postillion init` writes; appended lines follow
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ MAIN_CF = """\
 myhostname = {hostname}
 mydestination = $myhostname, localhost.$mydomain, localhost
 mynetworks = 127.0.0.0/8 [::1]/128
+# Local mail goes to ~/Maildir/ (Postfix's default, empty, is an mbox in /var/mail).
+home_mailbox = Maildir/
 
 # The unprivileged user that runs the network-facing processes.
 mail_owner = {mail_owner}
@@ -59,6 +61,8 @@ MASTER_CF_HEADER = """\
 SERVICE_LINE = "{name:<10} inet  n       -       n       -       -       smtpd\n"
 # The queue manager delivers what smtpd queued (one process, with the delivery agents).
 QMGR_LINE = "qmgr       unix  n       -       n       300     1       qmgr\n"
+# local(8) as root (unpriv = n): it switches to each recipient's rights (Postfix's line).
+LOCAL_LINE = "local      unix  -       n       n       -       -       local\n"
 # The Postfix submission recipe's overrides after its TLS setting, shared by 587 and 465.
 MUA_OVERRIDES = (
     "smtpd_sasl_auth_enable=yes",
@@ -82,6 +86,7 @@ def master_cf(names: dict[str, str]) -> str:
         + service(names["smtps"], "syslog_name=postfix/smtps", "smtpd_tls_wrappermode=yes",
                   *MUA_OVERRIDES)
         + QMGR_LINE
+        + LOCAL_LINE
     )
 
 

@@ -87,8 +87,10 @@ class Leaf:
     """Where one member of an expansion ends up.
 
     kind: "mailbox" (a local user: ``user`` without extension, ``extension``),
-    "forward" (a non-local address), or "failed" (``dsn`` and ``text`` say why).
-    ``address`` is the member address; ``via`` is the alias chain that led to it.
+    "forward" (a non-local address), "command" / "file" (``target`` is the command or the
+    path; ``address`` the alias that listed it, as Postfix logs it; ``source`` the file of
+    the alias table, whose owner's rights the delivery uses), or "failed" (``dsn`` and
+    ``text`` say why).  ``address`` is the member address; ``via`` is the alias chain.
     """
 
     kind: str
@@ -98,6 +100,8 @@ class Leaf:
     dsn: str = ""
     text: str = ""
     via: tuple[str, ...] = ()
+    target: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +124,9 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
     Follows local(8): an alias is looked up with the local part (lower case) including its
     extension, then without; an alias that lists its own name delivers that name to the
     user's mailbox; ``\\name`` is never expanded; members in other domains are forwarded;
-    commands, files and include files are refused (postillion does not run them) with
-    Postfix's "mail to command is restricted" texts.  A name that reappears deeper in its own
+    ``|command`` and ``/file`` members become "command" and "file" leaves (the agent decides
+    with allow_mail_to_commands / allow_mail_to_files); ``:include:`` files are refused with
+    Postfix's "mail to file is restricted".  A name that reappears deeper in its own
     expansion is an alias loop ("5.4.6 alias database loop for NAME").  Duplicate leaves are
     dropped, so a mailbox reached twice gets one copy.  TableLookupError propagates.
     """
@@ -129,7 +134,8 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
     seen: set[tuple[str, str]] = set()
 
     def add(leaf: Leaf) -> None:
-        key = (leaf.kind, leaf.user if leaf.kind == "mailbox" else leaf.address.lower())
+        key = (leaf.kind, leaf.user if leaf.kind == "mailbox" else
+               leaf.target if leaf.kind in ("command", "file") else leaf.address.lower())
         if leaf.kind == "failed" or key not in seen:
             seen.add(key)
             leaves.append(leaf)
@@ -157,7 +163,7 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
                     add(Leaf("failed", addr, dsn="5.4.6",
                              text=f"alias database loop for {name}", via=via))
                     return
-                value = await aliases.lookup(name)
+                value, source = await _lookup(aliases, name)
                 if value is None:
                     continue
                 tokens = parse_alias_value(value)
@@ -172,15 +178,26 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
                         target = ("\\" + naming.canonical(member[1:]) if member.startswith("\\")
                                   else naming.canonical(member))
                         await walk(target, chain, name)
-                    else:
-                        what = {"command": "command", "file": "file", "include": "file"}
+                    elif token.kind in ("command", "file"):
+                        add(Leaf(token.kind, addr, user=user, target=token.value,
+                                 source=source, via=chain))
+                    else:  # :include: files are not read (yet)
                         add(Leaf("failed", token.value, dsn="5.7.1",
-                                 text=f"mail to {what[token.kind]} is restricted", via=chain))
+                                 text="mail to file is restricted", via=chain))
                 return
         add(Leaf("mailbox", addr, user=user, extension=extension, via=via))
 
     await walk(address, (), None)
     return leaves
+
+
+async def _lookup(aliases: TableList, name: str) -> tuple[str | None, str]:
+    """The value for ``name`` and the file of the table that had it ("" when not a file)."""
+    for table in getattr(aliases, "tables", [aliases]):
+        value = await table.lookup(name)
+        if value is not None:
+            return value, str(getattr(table, "path", "") or "")
+    return None, ""
 
 
 class VirtualAliasError(PostillionError):

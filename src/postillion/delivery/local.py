@@ -1,30 +1,46 @@
-"""The local delivery agent: mydestination recipients -> aliases -> the user's Maildir.
+"""The local delivery agent: mydestination recipients -> aliases -> mailbox, file or command.
 
 Owns: ``LocalAgent`` (a ``DeliveryAgent``): alias_maps expansion (through
-``delivery.aliases``), the UNIX passwd lookup, ``home_mailbox`` Maildir delivery as the
-user, members of an alias in other domains handed to a ``Forwarder`` (a new queue file, like
-Postfix's forward.c resubmitting through cleanup), and Postfix's status texts.
+``delivery.aliases``), the UNIX passwd lookup, mailbox delivery as the user (``home_mailbox``
+ending in ``/``: Maildir; other ``home_mailbox``: mbox in the home directory; empty: mbox
+``$mail_spool_directory/USER`` with mailbox_delivery_lock), ``/file`` and ``|command`` alias
+members (allow_mail_to_files, allow_mail_to_commands) with the rights of the alias file's
+owner, or ``default_privs`` when root owns it, members in other domains handed to a
+``Forwarder`` (a new queue file, like Postfix's forward.c resubmitting through cleanup), and
+Postfix's status texts and sysexits mapping.
 Must not import: server, cli.
 Follows: Postfix local(8) and its sources local/local.c, local/recipient.c, local/alias.c,
-local/mailbox.c, local/maildir.c, local/unknown.c, local/forward.c; aliases(5).
+local/mailbox.c, local/maildir.c, local/file.c, local/command.c, local/unknown.c,
+local/forward.c; global/pipe_command.c and sys_exits.c; aliases(5).
 
-Differences from Postfix, on purpose: only ``home_mailbox = <dir>/`` (Maildir) delivery;
-with ``mailbox_command`` set, or ``home_mailbox`` empty or not ending in ``/`` (mbox),
-recipients are deferred with a warning that says so, so no mail is lost while the
-configuration is fixed.  ``|command``, ``/file`` and ``:include:`` alias members are refused
-("mail to command is restricted").  ``.forward`` files, ``luser_relay``, ``owner-`` aliases
-and mailbox_transport/fallback_transport are not implemented.
+Rights: as root, every write happens in a child that has switched to the recipient's uid/gid
+(maildir.py, mbox.py) and commands run with ``setgroups([])``, setgid, setuid.  Mail for root
+is delivered to root's mailbox with root's rights (local/mailbox.c); commands and files never
+run as root: uid/gid 0 is replaced with default_privs (local/command.c, file.c).  Without
+root, mailboxes are written with the process's own rights (development mode), and a command
+or file is delivered only when the process already is the user it must run as; otherwise the
+recipient is deferred with a warning naming the privileged ``local`` service of master.cf.
 
-One ``RecipientResult`` goes back per queued recipient; when an alias expands to several
-members, the worst member outcome decides it (deferred > bounced > sent) and the optional
-``on_member`` callback sees each member, for Postfix's ``to=<member>, orig_to=<alias>`` log
-lines.  As in Postfix, a retry after a partly failed expansion delivers to all members again.
+Not implemented: ``mailbox_command`` (recipients are deferred with a warning, so nothing is
+lost), ``:include:`` ("mail to file is restricted"), ``.forward`` files, ``luser_relay``,
+``owner-`` aliases, mailbox_transport/fallback_transport.
+
+Results: one ``RecipientResult`` per member of an alias expansion, with ``address`` set to
+the member (for commands and files: the alias that listed them, as Postfix logs them); an
+unaliased recipient gets one result without ``address``.  The queue manager logs each and
+records the worst per queued recipient (``delivery.merge_member_results``); as in Postfix, a
+retry after a partly deferred expansion delivers to all members again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import os
 import pwd
+import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -43,7 +59,8 @@ from postillion.delivery.maildir import (
     delivery_headers,
     to_lf,
 )
-from postillion.errors import PostillionError, TableLookupError
+from postillion.delivery.mbox import Locking, MboxError, append, command_input, mbox_message, run_as
+from postillion.errors import ConfigError, PostillionError, TableLookupError
 from postillion.policy._lists import DomainList
 from postillion.tables import TableList
 from postillion.tables.aliases import open_alias_maps
@@ -51,6 +68,20 @@ from postillion.tables.aliases import open_alias_maps
 RELAY = "local"
 # local/unknown.c: with no alias and no account, mail to these is discarded with a warning.
 _REQUIRED_ALIASES = frozenset({"postmaster", "mailer-daemon"})
+COMMAND_PATH = "/usr/bin:/bin"  # pipe_command.c: PATH is always reset (_PATH_DEFPATH)
+OUTPUT_LIMIT = 4096  # pipe_command.c: at most one VSTREAM_BUFSIZE of command output is kept
+# <sysexits.h> code -> (dsn, text), global/sys_exits.c
+SYS_EXITS = {
+    64: ("5.3.0", "command line usage error"), 65: ("5.6.0", "data format error"),
+    66: ("5.3.0", "cannot open input"), 67: ("5.1.1", "user unknown"),
+    68: ("5.1.2", "host name unknown"), 69: ("5.3.0", "service unavailable"),
+    70: ("5.3.0", "internal software error"), 71: ("4.3.0", "system resource problem"),
+    72: ("5.3.0", "critical OS file missing"), 73: ("5.2.0", "can't create user output file"),
+    74: ("5.3.0", "input/output error"), 75: ("4.3.0", "temporary failure"),
+    76: ("5.5.0", "remote error in protocol"), 77: ("5.7.0", "permission denied"),
+    78: ("5.3.5", "local configuration error"),
+}
+_DSN_OUTPUT = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+(.*)$", re.DOTALL)
 
 
 class Forwarder(Protocol):
@@ -81,7 +112,15 @@ class _Outcome:
     text: str
 
 
-_RANK = {"sent": 0, "bounced": 1, "deferred": 2}
+@dataclass(frozen=True, slots=True)
+class _Rights:
+    """Whom a file or command delivery runs as (usr_attr in local(8))."""
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    shell: str
 
 
 def _outcome(dsn: str, text: str) -> _Outcome:
@@ -94,6 +133,39 @@ def domain_list(params: Params, name: str) -> DomainList:
     return DomainList(name, params.get_list(name), params.config_dir, parent_style=name in parent)
 
 
+def locking_from(params: Params) -> Locking:
+    methods = tuple(m.lower() for m in params.get_list("mailbox_delivery_lock"))
+    return Locking(methods=methods or ("fcntl", "dotlock"),
+                   attempts=params.get_int("deliver_lock_attempts") or 20,
+                   delay=params.get_time("deliver_lock_delay") or 1.0,
+                   stale=params.get_time("stale_lock_time") or 500.0)
+
+
+def command_output(raw: bytes) -> str:
+    """pipe_command.c: tabs and newlines become spaces, other unprintables underscores."""
+    text = raw[:OUTPUT_LIMIT].decode("utf-8", "replace").replace("\t", " ").replace("\n", " ")
+    return "".join(c if c.isprintable() else "_" for c in text)
+
+
+def command_status(command: str, returncode: int, output: bytes) -> _Outcome:
+    """A finished command's outcome with pipe_command.c's texts and sysexits.h mapping."""
+    if returncode == 0:
+        return _Outcome("sent", "2.0.0", f"delivered to command: {command}")
+    out = command_output(output)
+    suffix = f". Command output: {out}" if out else ""
+    if returncode < 0:
+        return _Outcome("deferred", "4.3.0",
+                        f'Command died with signal {-returncode}: "{command}"{suffix}')
+    m = _DSN_OUTPUT.match(out)
+    if m:  # "D.S.N text" output takes precedence over the exit status
+        return _outcome(m.group(1), m.group(2))
+    if returncode in SYS_EXITS:
+        dsn, text = SYS_EXITS[returncode]
+        return _outcome(dsn, f"{text}{suffix}")
+    return _Outcome("bounced", "5.3.0",
+                    f'Command died with status {returncode}: "{command}"{suffix}')
+
+
 class LocalAgent:
     """local(8).  ``deliver()`` never raises for delivery problems."""
 
@@ -102,6 +174,7 @@ class LocalAgent:
         warn: Callable[[str], None] | None = None,
         on_member: Callable[[str, MemberResult], None] | None = None,
         getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
+        getpwuid: Callable[[int], pwd.struct_passwd] = pwd.getpwuid,
     ) -> None:
         cfg = params.config_dir
         self.aliases = TableList(open_alias_maps(params.get("alias_maps"), cfg))
@@ -110,35 +183,48 @@ class LocalAgent:
                                   myorigin=params.get("myorigin"),
                                   recipient_delimiter=params.get("recipient_delimiter"))
         self.home_mailbox = params.get("home_mailbox").strip()
+        self.mail_spool_directory = params.get("mail_spool_directory").strip() or "/var/mail"
         # raw: the command holds per-delivery macros ($EXTENSION, ...) expanded at use time
         self.mailbox_command = (params.raw("mailbox_command") or "").strip()
+        self.default_privs = params.get("default_privs").strip() or "nobody"
+        self.allow_commands = {c.lower() for c in params.get_list("allow_mail_to_commands")}
+        self.allow_files = {c.lower() for c in params.get_list("allow_mail_to_files")}
+        self.command_time_limit = params.get_time("command_time_limit") or 1000.0
+        self.locking = locking_from(params)
         self.hostname = params.get("myhostname") or socket.gethostname()
         self.forwarder = forwarder
         self.warn = warn or logging.getLogger("postillion.local").warning
         self.on_member = on_member
         self._getpwnam = getpwnam
+        self._getpwuid = getpwuid
 
     async def deliver(self, request: DeliveryRequest) -> list[RecipientResult]:
         results = []
         for index, rcpt in request.recipients:
             start = time.monotonic()
-            outcome = await self._recipient(request, rcpt.address)
-            results.append(RecipientResult(rcpt=index, status=outcome.status, dsn=outcome.dsn,
-                                           relay=RELAY, text=outcome.text,
-                                           xfer_time=time.monotonic() - start))
+            members = await self._recipient(request, rcpt.address)
+            took = time.monotonic() - start
+            results += [RecipientResult(rcpt=index, status=o.status, dsn=o.dsn, relay=RELAY,
+                                        text=o.text, xfer_time=took, address=member)
+                        for member, o in members]
         return results
 
-    async def _recipient(self, request: DeliveryRequest, address: str) -> _Outcome:
+    async def _recipient(self, request: DeliveryRequest,
+                         address: str) -> list[tuple[str | None, _Outcome]]:
         try:
             leaves = await expand_local(address, self.aliases, self.naming)
         except TableLookupError as exc:
             self.warn(f"{request.queue_id}: alias lookup for {address}: {exc}")
-            return _Outcome("deferred", "4.3.0", "alias database unavailable")
+            return [(None, _Outcome("deferred", "4.3.0", "alias database unavailable"))]
         outcomes: list[tuple[Leaf, _Outcome]] = []
         forwards = [leaf for leaf in leaves if leaf.kind == "forward"]
         for leaf in leaves:
             if leaf.kind == "mailbox":
                 outcomes.append((leaf, await self._mailbox(request, address, leaf)))
+            elif leaf.kind == "command":
+                outcomes.append((leaf, await self._command(request, address, leaf)))
+            elif leaf.kind == "file":
+                outcomes.append((leaf, await self._file(request, address, leaf)))
             elif leaf.kind == "failed":
                 if leaf.dsn == "5.4.6" and leaf.text.startswith("alias database loop"):
                     self.warn(leaf.text)
@@ -146,13 +232,18 @@ class LocalAgent:
         if forwards:
             forwarded = await self._forward(request, address, forwards)
             outcomes.extend((leaf, forwarded) for leaf in forwards)
-        if self.on_member is not None and (len(outcomes) > 1 or any(l.via for l, _ in outcomes)):
+        if not outcomes:  # cannot happen: every expansion path ends in a leaf
+            return [(None, _Outcome("deferred", "4.3.0", "alias database unavailable"))]
+        expanded = len(outcomes) > 1 or any(leaf.via for leaf, _ in outcomes)
+        if not expanded:
+            return [(None, outcomes[0][1])]
+        if self.on_member is not None:
             for leaf, o in outcomes:
                 self.on_member(request.queue_id, MemberResult(
                     to=leaf.address, orig_to=address, status=o.status, dsn=o.dsn, text=o.text))
-        if not outcomes:  # cannot happen: every expansion path ends in a leaf
-            return _Outcome("deferred", "4.3.0", "alias database unavailable")
-        return max((o for _, o in outcomes), key=lambda o: _RANK[o.status])
+        return [(leaf.address, o) for leaf, o in outcomes]
+
+    # ------------------------------------------------------------------ mailboxes
 
     async def _mailbox(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
         try:
@@ -162,18 +253,38 @@ class LocalAgent:
                 self.warn(f"required alias not found: {leaf.user}")
                 return _Outcome("sent", "2.0.0", "discarded")
             return _Outcome("bounced", "5.1.1", f'unknown user: "{leaf.user}"')
-        if self.mailbox_command or not self.home_mailbox.endswith("/"):
-            what = (f"mailbox_command = {self.mailbox_command}" if self.mailbox_command
-                    else f"home_mailbox = {self.home_mailbox}")
-            self.warn(f"{request.queue_id}: {what}: postillion delivers only to a Maildir "
-                      "(home_mailbox = Maildir/); mail stays queued")
+        if self.mailbox_command:
+            self.warn(f"{request.queue_id}: mailbox_command = {self.mailbox_command}: "
+                      "postillion does not run mailbox_command; mail stays queued")
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
         if delivered_to_loop(request.content, address):
             return _Outcome("bounced", "5.4.6", f"mail forwarding loop for {address}")
-        maildir = Path(account.pw_dir) / self.home_mailbox
+        owner = Owner(account.pw_uid, account.pw_gid)
+        if self.home_mailbox.endswith("/"):
+            return await self._maildir(request, address, Path(account.pw_dir) / self.home_mailbox,
+                                       owner)
+        if not self.home_mailbox and self.mail_spool_directory.endswith("/"):
+            return await self._maildir(
+                request, address, Path(self.mail_spool_directory) / leaf.user, owner)
+        if self.home_mailbox:
+            path = str(Path(account.pw_dir) / self.home_mailbox)
+            spool = (owner.uid, owner.gid)
+        else:
+            path = f"{self.mail_spool_directory.rstrip('/')}/{leaf.user}"
+            spool = _spool_ids(self.mail_spool_directory, owner)
+        message = mbox_message(request.content, sender=request.envelope.sender,
+                               original=address, delivered=address)
+        try:
+            await self._append(path, message, spool=spool, user=(owner.uid, owner.gid))
+        except MboxError as exc:
+            return _outcome(exc.dsn, f"cannot update mailbox {path} for user {leaf.user}. "
+                                     f"{exc.text}")
+        return _Outcome("sent", "2.0.0", "delivered to mailbox")
+
+    async def _maildir(self, request: DeliveryRequest, address: str, maildir: Path,
+                       owner: Owner) -> _Outcome:
         message = delivery_headers(sender=request.envelope.sender, delivered_to=address,
                                    original=address) + to_lf(request.content)
-        owner = Owner(account.pw_uid, account.pw_gid)
         try:
             await deliver_maildir(maildir, message, owner=owner, hostname=self.hostname)
         except MaildirError as exc:
@@ -183,6 +294,117 @@ class LocalAgent:
                 self.warn("perhaps you need to create the maildirs in advance")
             return _outcome(exc.dsn, f"maildir delivery failed: {exc.text}")
         return _Outcome("sent", "2.0.0", "delivered to maildir")
+
+    async def _append(self, path: str, message: bytes, *, spool: tuple[int, int],
+                      user: tuple[int, int], regular_only: bool = True) -> None:
+        if os.geteuid() == 0:
+            await run_as(functools.partial(append, path, message, locking=self.locking,
+                                           regular_only=regular_only, spool=spool, user=user))
+        else:
+            await asyncio.to_thread(append, path, message, locking=self.locking,
+                                    regular_only=regular_only)
+
+    # ------------------------------------------------------------------ files and commands
+
+    def _rights(self, leaf: Leaf) -> _Rights:
+        """alias.c: the alias file owner's rights; root-owned (or no file): default_privs.
+        Raises ConfigError when default_privs names no account (or a privileged one)."""
+        uid = 0
+        if leaf.source:
+            try:
+                uid = os.stat(leaf.source).st_uid
+            except OSError:
+                uid = 0
+        if uid != 0:
+            try:
+                pw = self._getpwuid(uid)
+                return _Rights(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell)
+            except KeyError:
+                pass
+        try:
+            pw = self._getpwnam(self.default_privs)
+        except KeyError:
+            raise ConfigError(f"unknown default_privs user: {self.default_privs}",
+                              name="default_privs") from None
+        if pw.pw_uid == 0 or pw.pw_gid == 0:
+            raise ConfigError(f"default_privs {self.default_privs} has privileged user ID",
+                              name="default_privs")
+        return _Rights(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell)
+
+    def _can_switch(self, request: DeliveryRequest, rights: _Rights, what: str) -> bool:
+        if os.geteuid() == 0 or os.geteuid() == rights.uid:
+            return True
+        self.warn(f"{request.queue_id}: cannot deliver to {what} as UID/GID="
+                  f"{rights.uid}/{rights.gid} without root: run the privileged local service "
+                  "(master.cf: local unix - n n - - local); mail stays queued")
+        return False
+
+    async def _command(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
+        if "alias" not in self.allow_commands:
+            return _Outcome("bounced", "5.7.1", "mail to command is restricted")
+        try:
+            rights = self._rights(leaf)
+        except ConfigError as exc:
+            self.warn(f"{request.queue_id}: {exc}")
+            return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        if not self._can_switch(request, rights, f"command {leaf.target}"):
+            return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        local, _, domain = address.rpartition("@")
+        env = {"PATH": COMMAND_PATH, "HOME": rights.home, "LOGNAME": leaf.user,
+               "USER": leaf.user, "SENDER": request.envelope.sender, "RECIPIENT": address,
+               "LOCAL": local or address, "SHELL": rights.shell}
+        if domain:
+            env["DOMAIN"] = domain
+        if leaf.extension:
+            env["EXTENSION"] = leaf.extension
+        data = command_input(request.content, sender=request.envelope.sender,
+                             original=address, delivered=address)
+        ids = ({"user": rights.uid, "group": rights.gid, "extra_groups": []}
+               if os.geteuid() == 0 else {})
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", leaf.target, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                cwd="/", env=env, start_new_session=True, **ids)  # type: ignore[arg-type]
+        except OSError as exc:
+            return _Outcome("deferred", "4.3.0", f"Delivery failed: {exc.strerror}")
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(data), self.command_time_limit)
+        except (TimeoutError, asyncio.TimeoutError):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            return _Outcome("bounced", "5.3.0", f'Command time limit exceeded: "{leaf.target}"')
+        except (BrokenPipeError, ConnectionResetError):
+            output = await proc.stdout.read() if proc.stdout else b""  # stopped reading early
+            await proc.wait()
+        return command_status(leaf.target, proc.returncode or 0, output)
+
+    async def _file(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
+        if "alias" not in self.allow_files:
+            return _Outcome("bounced", "5.7.1", "mail to file is restricted")
+        try:
+            rights = self._rights(leaf)
+        except ConfigError as exc:
+            self.warn(f"{request.queue_id}: {exc}")
+            return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        if not self._can_switch(request, rights, f"file {leaf.target}"):
+            return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        if leaf.target.endswith("/"):
+            return await self._maildir(request, address, Path(leaf.target),
+                                       Owner(rights.uid, rights.gid))
+        message = mbox_message(request.content, sender=request.envelope.sender,
+                               original=address, delivered=address)
+        ids = (rights.uid, rights.gid)
+        try:
+            await self._append(leaf.target, message, spool=ids, user=ids, regular_only=False)
+        except MboxError as exc:
+            return _outcome(exc.dsn, f"cannot append message to file {leaf.target}: {exc.text}")
+        return _Outcome("sent", "2.0.0", f"delivered to file: {leaf.target}")
+
+    # ------------------------------------------------------------------ forwarding
 
     async def _forward(self, request: DeliveryRequest, address: str,
                        leaves: list[Leaf]) -> _Outcome:
@@ -201,3 +423,17 @@ class LocalAgent:
             self.warn(f"{request.queue_id}: forward: {exc}")
             return _Outcome("deferred", "4.3.0", "mail forwarding transaction failed")
         return _Outcome("sent", "2.0.0", f"forwarded as {queue_id}")
+
+
+def _spool_ids(spool_directory: str, owner: Owner) -> tuple[int, int]:
+    """local/mailbox.c: a world-writable spool is written as the user, a group-writable one
+    with the spool's group, any other as root (the new mailbox is then given to the user)."""
+    try:
+        st = os.stat(spool_directory)
+    except OSError:
+        return owner.uid, owner.gid
+    if st.st_mode & 0o002:
+        return owner.uid, owner.gid
+    if st.st_mode & 0o020:
+        return owner.uid, st.st_gid
+    return 0, 0

@@ -23,7 +23,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from postillion.delivery import DeliveryAgent, DeliveryRequest, RecipientResult
+from postillion.delivery import (
+    DeliveryAgent,
+    DeliveryRequest,
+    RecipientResult,
+    merge_member_results,
+)
 from postillion.maillog import QueueLog
 from postillion.queue import scheduler
 from postillion.queue.envelope import Envelope, Recipient
@@ -256,11 +261,18 @@ class QueueManager:
                     recipients=members, transport=r.transport, nexthop=r.nexthop,
                 )
                 results = await agent.deliver(request)
-        return [self._record(entry, r, res, started) for res in results]
+        for res in results:
+            self._log_result(entry, r, res, started)
+        # Alias members: each was logged; the queue file records one status per queued
+        # recipient, the worst member's (see delivery.merge_member_results).
+        now = self.clock()
+        return [RecipientStatus(rcpt=res.rcpt, status=res.status, dsn=res.dsn, relay=res.relay,
+                                text=res.text, time=now)
+                for res in merge_member_results(results)]
 
-    def _record(
+    def _log_result(
         self, entry: QueueEntry, r: scheduler.Route, res: RecipientResult, started: float
-    ) -> RecipientStatus:
+    ) -> None:
         now = self.clock()
         env = entry.envelope
         recipient = env.recipients[res.rcpt]
@@ -269,13 +281,15 @@ class QueueManager:
         b = max(0.0, started - active)
         process = {"relay": "relay/smtp"}.get(r.transport, r.transport)
         orig = recipient.orcpt.partition(";")[2] if recipient.orcpt else None
+        to = recipient.address
+        if res.address is not None and res.address != recipient.address:
+            # an alias member: Postfix logs to=<member>, orig_to=<the recipient as received>
+            to, orig = res.address, orig or recipient.address
         self.log.delivery(
-            process, entry.queue_id, to=recipient.address, orig_to=orig, relay=res.relay,
+            process, entry.queue_id, to=to, orig_to=orig, relay=res.relay,
             delay=max(0.0, now - env.arrival_time), delays=(a, b, res.conn_time, res.xfer_time),
             dsn=res.dsn, status=res.status, text=res.text, conn_use=res.conn_use,
         )
-        return RecipientStatus(rcpt=res.rcpt, status=res.status, dsn=res.dsn, relay=res.relay,
-                               text=res.text, time=now)
 
     async def _bounce_and_record(self, entry: QueueEntry, failed: list[RecipientStatus]) -> None:
         """Queue the notification first, then mark the recipients final (see module doc)."""

@@ -28,6 +28,8 @@ from postillion.queue.qmgr import Notice, QmgrSettings, QueueManager
 from postillion.queue.wakeup import WakeSocket, acquire_lock, lock_path, socket_path
 from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.store import QueueStore
+from postillion.server.local_service import LocalServiceAgent, is_local_service
+from postillion.server.local_service import socket_path as local_socket_path
 from postillion.tables import TableList, open_tables
 
 # transport name → "module:Class" of its agent, imported when first used (uvicorn style)
@@ -40,9 +42,16 @@ AGENTS = {
 }
 
 
-def load_agents(params: Params, log: QueueLog, *, forwarder: Any = None) -> dict[str, DeliveryAgent]:
+def load_agents(params: Params, log: QueueLog, *, forwarder: Any = None,
+                local_socket: Path | None = None) -> dict[str, DeliveryAgent]:
+    """One agent per transport.  With ``local_socket`` (the privileged local service runs),
+    ``local`` mail goes there; otherwise local(8) runs in this process with its rights."""
     agents: dict[str, DeliveryAgent] = {}
+    if local_socket is not None:
+        agents["local"] = LocalServiceAgent(local_socket, forwarder=forwarder)
     for transport, target in AGENTS.items():
+        if transport in agents:
+            continue
         module_name, _, attr = target.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
@@ -185,6 +194,15 @@ async def run_pickup(pickup: Pickup, stop: asyncio.Event, woken: asyncio.Event) 
             await asyncio.wait_for(woken.wait(), PICKUP_INTERVAL)
 
 
+def _local_socket(cfg: Configuration, store: QueueStore) -> Path | None:
+    """The privileged local service's socket, when master.cf has the service and the
+    supervisor (as root) created it; None keeps local(8) in this process."""
+    if not any(is_local_service(s) for s in cfg.services):
+        return None
+    path = local_socket_path(store.queue_directory)
+    return path if path.is_socket() else None
+
+
 def qmgr_main(cfg: Configuration, wctx: Any) -> int:
     return asyncio.run(_serve(cfg, wctx))
 
@@ -207,9 +225,10 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
     try:
         qmgr: QueueManager | None = None
         forwarder = QueueForwarder(store, lambda: qmgr.wake() if qmgr is not None else None)
+        agents = load_agents(params, log, forwarder=forwarder, local_socket=_local_socket(cfg, store))
         qmgr = QueueManager(
             store=store, settings=settings_from(params),
-            agents=load_agents(params, log, forwarder=forwarder),
+            agents=agents,
             log=log, bounce=bounce_builder(params), transport_lookup=transport_lookup(params),
         )
         pickup = Pickup(store, pickup_settings(params), log, on_queued=lambda _id: qmgr.wake())
@@ -227,6 +246,12 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
         finally:
             pickup_task.cancel()
             wake.close()
+            # Cached SMTP connections get their QUIT instead of a dropped socket.
+            for agent in agents.values():
+                aclose = getattr(agent, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(aclose(), 5)
     finally:
         with contextlib.suppress(OSError):
             os.close(lock_fd)

@@ -5,7 +5,8 @@ each service gets, the
 fork → reset signals → close descriptors → drop privileges → ``worker_main`` sequence, restart
 with throttling when a worker dies, generation-based reload (new workers first, then SIGTERM
 to the old ones so in-flight sessions finish), orderly stop, the anvil service, and the
-supervisor's status file.  The SMTP server inside a worker is not here: ``worker_main`` is
+supervisor's status file, and the socket of the privileged local delivery service
+(``private/local``, whose process alone keeps root).  The SMTP server inside a worker is not here: ``worker_main`` is
 passed in (the composition root in ``cli`` supplies ``postillion.server.worker.worker_main``).
 Must not import: cli, server.worker, smtp, sasl, policy, queue (keeps the fork path small).
 Follows: Postfix master(8) and master_spawn.c: its log texts (``daemon started -- version X,
@@ -301,6 +302,13 @@ class Supervisor:
                     listeners[service.name] = []  # a process without a listening socket
                     endpoints[service.name] = []
                     continue
+                if _is_local_service(service):
+                    if self.owner is None:
+                        continue  # not root: local(8) runs inside the queue manager
+                    endpoint, sock = self._local_listener(cfg, new)
+                    listeners[service.name] = [Listener(service, sock)]
+                    endpoints[service.name] = [endpoint]
+                    continue
                 if not is_smtpd_service(service):
                     continue
                 params = cfg.params(service)
@@ -336,6 +344,28 @@ class Supervisor:
             self._sockets[endpoint] = sock
         return _Generation(number, cfg, listeners, endpoints)
 
+    def _local_listener(self, cfg: Configuration,
+                        new: dict[Endpoint, socket.socket]) -> tuple[Endpoint, socket.socket]:
+        """``$queue_directory/private/local``, bound as root and given to mail_owner;
+        reused across reloads like the inet sockets."""
+        from postillion.server.local_service import bind_local_socket, socket_path
+
+        params = cfg.params()
+        queue_directory = params.path("queue_directory") or Path(params.config_dir) / "spool"
+        path = socket_path(queue_directory)
+        endpoint = Endpoint(str(path), 0, socket.AF_UNIX)
+        sock = self._sockets.get(endpoint) or self._retired_sockets.get(endpoint) \
+            or new.get(endpoint)
+        if sock is None:
+            assert self.owner is not None
+            try:
+                sock = bind_local_socket(path, self.owner.uid, self.owner.gid)
+            except OSError as exc:
+                raise ConfigError(f"bind {path}: {exc.strerror}", name="local",
+                                  fix="check the queue_directory permissions") from exc
+            new[endpoint] = sock
+        return endpoint, sock
+
     def _install_generation(self, generation: _Generation) -> None:
         """Make ``generation`` current: retire unused sockets, fork its workers."""
         self._generation = generation
@@ -358,8 +388,9 @@ class Supervisor:
         self._close_retired_sockets()
 
     def _worker_count(self, cfg: Configuration, service: Service) -> int:
-        if is_qmgr_service(service):
-            return 1  # exactly one queue manager, whatever maxproc says
+        if is_qmgr_service(service) or _is_local_service(service):
+            # exactly one queue manager; one local service, which forks per delivery
+            return 1
         params = cfg.params(service)
         try:
             n = params.get_int("postillion_worker_processes")
@@ -470,7 +501,7 @@ class Supervisor:
             params = slot.generation.cfg.params(slot.service)
             log = ProcessLog(self.sinks, params.get("syslog_name") or "postfix",
                              os.path.basename(slot.service.command) or "smtpd")
-            if self.owner is not None:
+            if self.owner is not None and not _stays_root(slot.service):
                 drop_privileges(self.owner)
             _set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != supervisor_pid:
@@ -564,7 +595,7 @@ class Supervisor:
         held = {e for w in self._workers.values() for e in w.endpoints}
         for endpoint in list(self._retired_sockets):
             if endpoint not in held:
-                self._retired_sockets.pop(endpoint).close()
+                _close_socket(endpoint, self._retired_sockets.pop(endpoint))
 
     # ----------------------------------------------------------------- stop
 
@@ -604,8 +635,8 @@ class Supervisor:
         remove_quietly(self.run.status_file)
 
     def _close_all_sockets(self) -> None:
-        for sock in [*self._sockets.values(), *self._retired_sockets.values()]:
-            sock.close()
+        for endpoint, sock in [*self._sockets.items(), *self._retired_sockets.items()]:
+            _close_socket(endpoint, sock)
         self._sockets.clear()
         self._retired_sockets.clear()
 
@@ -616,7 +647,8 @@ class Supervisor:
         listeners = []
         if generation is not None:
             for name, endpoints in generation.endpoints.items():
-                listeners += [{"service": name, "address": e.host, "port": e.port} for e in endpoints]
+                listeners += [{"service": name, "address": e.host, "port": e.port}
+                              for e in endpoints if e.family != socket.AF_UNIX]
         workers = [
             {"pid": w.pid, "service": w.slot.service.name, "generation": w.slot.generation.number,
              "started": w.started, "retiring": w.retiring}
@@ -643,6 +675,25 @@ def _fatal(log: ProcessLog, text: str) -> int:
     if not log.sinks.writes_stderr:
         print(f"postillion: fatal: {text}", file=sys.stderr)
     return 1
+
+
+def _is_local_service(service: Service) -> bool:
+    """master.cf ``local unix - n n - - local``: the privileged local delivery service."""
+    return service.type == "unix" and os.path.basename(service.command) == "local"
+
+
+def _stays_root(service: Service) -> bool:
+    """Only local(8) keeps root (unpriv = n), to switch to each recipient's rights."""
+    return _is_local_service(service) and service.unpriv == "n"
+
+
+def _close_socket(endpoint: Endpoint, sock: socket.socket) -> None:
+    sock.close()
+    if endpoint.family == socket.AF_UNIX:
+        try:
+            remove_quietly(Path(endpoint.host))
+        except OSError:
+            pass  # a stale socket file is replaced at the next start
 
 
 def _kill(pid: int, sig: int) -> None:

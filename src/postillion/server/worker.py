@@ -43,6 +43,11 @@ def make_log(params: Any, sink: Any, main_syslog_name: str) -> MailLog:
 
 def worker_main(cfg: Configuration, listeners: list[ListenerLike], wctx: WorkerContextLike) -> int:
     service = next((s for s in cfg.services if s.name == getattr(wctx, "service", None)), None)
+    if service is not None and listeners and service.type == "unix" \
+            and service.command.rpartition("/")[2] == "local":
+        from postillion.server.local_service import local_main
+
+        return local_main(cfg, listeners, wctx)
     if service is not None and not listeners and service.command.rpartition("/")[2] == "qmgr":
         from postillion.server.queue_process import qmgr_main
 

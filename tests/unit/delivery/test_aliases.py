@@ -122,13 +122,14 @@ def test_alias_loop_bounces() -> None:
                            text="alias database loop for a", via=("a", "b"))]
 
 
-def test_commands_and_files_are_refused() -> None:
-    aliases = inline({"list": '"|/usr/bin/procmail", /tmp/x, alice'})
+def test_commands_and_files_are_leaves_and_include_is_refused() -> None:
+    aliases = inline({"list": '"|/usr/bin/procmail -a x", /tmp/x, :include:/etc/l, alice'})
     leaves = run(expand_local("list@mx.test", aliases, NAMING))
-    assert [(l.kind, l.dsn, l.text) for l in leaves] == [
-        ("failed", "5.7.1", "mail to command is restricted"),
-        ("failed", "5.7.1", "mail to file is restricted"),
-        ("mailbox", "", "")]
+    assert [(l.kind, l.address, l.target, l.dsn, l.text) for l in leaves] == [
+        ("command", "list@mx.test", "/usr/bin/procmail -a x", "", ""),
+        ("file", "list@mx.test", "/tmp/x", "", ""),
+        ("failed", "/etc/l", "", "5.7.1", "mail to file is restricted"),
+        ("mailbox", "alice@mx.test", "", "", "")]
 
 
 def test_backslash_is_not_expanded_again() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from postillion.config import Params
-from postillion.delivery import DeliveryRequest, RecipientResult
+from postillion.delivery import DeliveryRequest, RecipientResult, merge_member_results
 from postillion.delivery.local import LocalAgent, MemberResult
 from postillion.delivery.maildir import (
     MaildirError,
@@ -56,7 +56,7 @@ def agent(homes: Path, users: dict[str, int] | None = None, *, config_dir: Path 
     warnings: list[str] = []
     members: list[MemberResult] = []
     params = Params.from_dict({"myhostname": "mx.test", "mydomain": "test",
-                               "recipient_delimiter": "+", **values},
+                               "recipient_delimiter": "+", "home_mailbox": "Maildir/", **values},
                               config_dir=config_dir or homes)
     ids = users if users is not None else {"alice": os.getuid(), "bob": os.getuid()}
     a = LocalAgent(params, warn=warnings.append, on_member=lambda qid, m: members.append(m),
@@ -72,7 +72,7 @@ def request(*addresses: str, content: bytes = CONTENT, sender: str = "a@example.
 
 
 def deliver(a: LocalAgent, req: DeliveryRequest) -> list[tuple[str, str, str, str]]:
-    results: list[RecipientResult] = asyncio.run(a.deliver(req))
+    results: list[RecipientResult] = merge_member_results(asyncio.run(a.deliver(req)))
     assert [r.rcpt for r in results] == [i for i, _ in req.recipients]
     return [(r.status, r.dsn, r.relay, r.text) for r in results]
 
@@ -135,9 +135,9 @@ def test_alias_with_several_members(homes: Path) -> None:
         MemberResult("bob@mx.test", "root@mx.test", "sent", "2.0.0", "delivered to maildir")]
 
 
-def test_alias_loop_and_command_bounce(homes: Path) -> None:
+def test_alias_loop_and_restricted_command_bounce(homes: Path) -> None:
     (homes / "aliases").write_text("a: b\nb: a\nprog: |/usr/bin/true\n")
-    a, warnings, _ = agent(homes, alias_maps="texthash:aliases")
+    a, warnings, _ = agent(homes, alias_maps="texthash:aliases", allow_mail_to_commands="forward")
     assert deliver(a, request("a@mx.test", "prog@mx.test")) == [
         ("bounced", "5.4.6", "local", "alias database loop for a"),
         ("bounced", "5.7.1", "local", "mail to command is restricted")]
@@ -184,12 +184,15 @@ def test_delivered_to_loop_bounces(homes: Path) -> None:
     assert not (homes / "alice" / "Maildir").exists()
 
 
-def test_mbox_home_mailbox_is_deferred(homes: Path) -> None:
+def test_mbox_home_mailbox_in_the_home_directory(homes: Path) -> None:
     a, warnings, _ = agent(homes, home_mailbox="Mailbox")
+    (homes / "alice").mkdir()
     assert deliver(a, request("alice@mx.test")) == [
-        ("deferred", "4.3.5", "local", "mail system configuration error")]
-    assert warnings == [("4ABCDEF: home_mailbox = Mailbox: postillion delivers only to a Maildir "
-                        "(home_mailbox = Maildir/); mail stays queued")]
+        ("sent", "2.0.0", "local", "delivered to mailbox")]
+    data = (homes / "alice" / "Mailbox").read_bytes()
+    assert re.match(rb"From a@example.org  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\n"
+                    rb"Return-Path: <a@example.org>\n", data), data
+    assert warnings == []
 
 
 def test_custom_home_mailbox(homes: Path) -> None:
