@@ -302,8 +302,27 @@ def quote_822_local(address: str) -> str:
     return quoted + (f"@{domain}" if at else "")
 
 
+def unquote_822_local(address: str) -> str:
+    """The internal form of an address whose local part is an RFC 5321 quoted-string, as
+    Postfix stores it (``"john doe"@example.test`` -> ``john doe@example.test``); the queue
+    keeps the address as the client wrote it."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
+        return address
+    inner, out, i = local[1:-1], [], 0
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner):
+            i += 1
+        out.append(inner[i])
+        i += 1
+    return "".join(out) + (f"@{domain}" if at else "")
+
+
 def _show_address(address: str, empty_address: str) -> str:
-    return _printable(quote_822_local(address or empty_address))
+    # showq.c quotes the internal form again (quote_822_local) before showing it.
+    return _printable(quote_822_local(unquote_822_local(address) or empty_address))
 
 
 def _json_quote(text: str) -> str:
@@ -373,9 +392,11 @@ def _postsuper(
         else:
             ids = [line.strip() for line in stdin] if target == "-" else [target]
             for queue_id in filter(None, ids):
-                if not is_valid_queue_id(queue_id):
+                if not _postfix_queue_id_ok(queue_id):
                     say(f"warning: invalid mail queue id: {queue_id}")
                     continue
+                if not is_valid_queue_id(queue_id):
+                    continue  # a name Postfix accepts but no queue file of ours can have
                 for queue in search:
                     if _operate(store, command, queue, queue_id) is not None:
                         say(f"{queue_id}: {_POSTSUPER_DONE[command]}")
@@ -385,6 +406,13 @@ def _postsuper(
         raise _Fatal("postsuper", str(exc)) from exc  # msg_fatal: no summary line
     say(f"{_POSTSUPER_SUMMARY[command]}: {count} message{'' if count == 1 else 's'}")
     return 0
+
+
+def _postfix_queue_id_ok(queue_id: str) -> bool:
+    """``global/mail_queue.c`` mail_queue_id_ok(): 1-255 characters, letters, digits or "_".
+    postsuper warns only about these; other unknown ids just count as not found."""
+    return 0 < len(queue_id) <= 255 and all(c.isascii() and (c.isalnum() or c == "_")
+                                            for c in queue_id)
 
 
 def _operate(store: QueueStore, command: str, queue: str, queue_id: str) -> str | None:

@@ -490,7 +490,13 @@ def _check_tables(out: _Collector, params: Params) -> None:
 
 _AUTH_PARAMS = ("smtpd_sasl_auth_enable", "smtpd_tls_security_level", "smtpd_tls_wrappermode",
                 "smtpd_tls_auth_only", "smtpd_enforce_tls")
-_RELAY_PARAMS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions", "mynetworks")
+_RELAY_PARAMS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions", "mynetworks",
+                 "smtpd_client_restrictions", "smtpd_helo_restrictions",
+                 "smtpd_sender_restrictions")
+# The lists a client passes before the relay decision, in smtpd_check.c order; with
+# smtpd_delay_reject = yes they run at RCPT TO, with "no" earlier: either way first.
+_EARLY_RESTRICTIONS = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
+                       "smtpd_sender_restrictions")
 
 
 def _overrides_any(service: Service | None, names: Iterable[str]) -> bool:
@@ -513,28 +519,68 @@ def _check_auth_without_tls(out: _Collector, params: Params, service: Service | 
 
 def _check_open_relay(out: _Collector, params: Params, service: Service | None,
                       cfg: Configuration) -> None:
+    """Follow a stranger (not in mynetworks, not authenticated, no client certificate, sending
+    to a remote domain) through every list it meets before its RCPT TO is accepted: client,
+    helo, sender, then relay and recipient, which must both pass (smtpd_check.c).  The relay
+    is open only when none of them stops the stranger; a submission service whose
+    ``smtpd_client_restrictions = permit_sasl_authenticated, reject`` stops it first is not."""
     relay = _safe_get(params, "smtpd_relay_restrictions")
     rcpt = _safe_get(params, "smtpd_recipient_restrictions")
     if relay is None or rcpt is None:
         return
-    items = split_list(relay) + split_list(rcpt)
+    lists = [split_list(relay), split_list(rcpt)]
     name = "smtpd_relay_restrictions"
     origin = (params.origin(name) or params.origin("smtpd_recipient_restrictions")
               or (Origin(service.path, service.lineno) if service else None))
     where = f"{service.key}: " if _overrides_any(service, _RELAY_PARAMS) else ""
-    for item in items:
-        if item in _STOPS_RELAY:
+    if not any(item in _STOPS_RELAY for items in lists for item in items):
+        if _stranger_outcome(params, lists) == "permit":
+            _warn_open_relay(out, origin, name, where)
             return
-        if item == "permit":
-            out.add(WARNING, origin, name,
-                    f"{where}open relay: the relay and recipient restrictions permit any "
-                    "destination", 'put "reject_unauth_destination" before "permit"')
-            return
+        # Postfix then answers every RCPT TO (authenticated or not) with 451 4.3.5.
+        out.add(WARNING, origin, name,
+                f"{where}neither smtpd_relay_restrictions nor smtpd_recipient_restrictions "
+                "rejects unauthorized destinations; mail will be refused with "
+                "451 4.3.5 Server configuration error",
+                'end smtpd_relay_restrictions with "reject_unauth_destination"')
+        return
+    if _stranger_outcome(params, lists) == "permit":
+        _warn_open_relay(out, origin, name, where)
+
+
+def _warn_open_relay(out: _Collector, origin: Origin | None, name: str, where: str) -> None:
     out.add(WARNING, origin, name,
-            f"{where}neither smtpd_relay_restrictions nor smtpd_recipient_restrictions "
-            "rejects unauthorized destinations; mail will be refused with "
-            "451 4.3.5 Server configuration error",
-            'end smtpd_relay_restrictions with "reject_unauth_destination"')
+            f"{where}open relay: the relay and recipient restrictions permit any "
+            "destination", 'put "reject_unauth_destination" before "permit"')
+
+
+def _stranger_outcome(params: Params, rcpt_lists: list[list[str]]) -> str:
+    """"stopped" when some list rejects the stranger, else "permit" when a ``permit`` let it
+    through the relay or recipient list, else "end" (it fell off the end of both)."""
+    # With smtpd_delay_reject = no these lists run before any recipient is known, so only
+    # an unconditional reject or defer stops the stranger there.
+    early_stops = _STOPS_RELAY if _safe_bool(params, "smtpd_delay_reject") else {"reject", "defer"}
+    for pname in _EARLY_RESTRICTIONS:
+        items = split_list(_safe_get(params, pname) or "")
+        if _scan_for_stranger(items, early_stops) == "stopped":
+            return "stopped"
+    outcomes = [_scan_for_stranger(items, _STOPS_RELAY) for items in rcpt_lists]
+    if "stopped" in outcomes:
+        return "stopped"
+    return "permit" if "permit" in outcomes else "end"
+
+
+def _scan_for_stranger(items: list[str], stops: Iterable[str]) -> str:
+    """One list as the stranger meets it: restrictions that cannot match it (permit_mynetworks,
+    permit_sasl_authenticated, table lookups, ...) are passed over, as DUNNO would be; the
+    first unconditional answer decides.  Unknown tables are assumed not to reject, so the
+    check errs towards warning."""
+    for item in items:
+        if item in stops:
+            return "stopped"
+        if item == "permit":
+            return "permit"
+    return "end"
 
 
 # --- SASL application config (owned by config.saslconf) ------------------------------------

@@ -82,7 +82,7 @@ def test_restrictions_and_tables(tmp_path: Path) -> None:
         'error: main.cf:1: smtpd_recipient_restrictions: unknown restriction '
         '"reject_unauth_destinaton"; did you mean "reject_unauth_destination"?',
         'error: main.cf:1: smtpd_recipient_restrictions: unsupported lookup table type "hash" in '
-        '"hash:/etc/postfix/access"; use one of the table types inline, proxy, static, '
+        '"hash:/etc/postfix/access"; use one of the table types inline, pcre, postillion, proxy, regexp, sqlite, static, '
         'texthash, unix',
         'error: main.cf:1: smtpd_recipient_restrictions: check_client_access requires a type:name '
         'table argument; write check_client_access texthash:/path/to/table',
@@ -91,7 +91,7 @@ def test_restrictions_and_tables(tmp_path: Path) -> None:
         'error: main.cf:1: smtpd_recipient_restrictions: unknown restriction "zen.example"; '
         'see KNOWN_RESTRICTIONS in docs/compatibility.md',
         'error: main.cf:4: smtpd_sender_login_maps: unsupported lookup table type "btree" in '
-        '"btree:/x"; use one of the table types inline, proxy, static, texthash, unix',
+        '"btree:/x"; use one of the table types inline, pcre, postillion, proxy, regexp, sqlite, static, texthash, unix',
     ]
 
 
@@ -184,3 +184,67 @@ def test_broken_table_contents_are_errors(tmp_path: Path) -> None:
         "bob@example.org }: bad entry 'bob@example.org': need key=value; "
         'use "{ key = value with spaces }" for values with spaces',
     ]
+
+
+# The recipe's submission service with a relay list that permits before it rejects: unauthenticated clients are
+# rejected by smtpd_client_restrictions before the relay decision, so nothing is open.
+SUBMISSION = ("2587 inet n - n - - smtpd\n"
+              "  -o smtpd_client_restrictions=$mua_client_restrictions\n"
+              "  -o smtpd_relay_restrictions=permit_sasl_authenticated,permit,reject_unauth_destination\n")
+MUA = "mua_client_restrictions = permit_sasl_authenticated, reject\n"
+OPEN_2587 = ("warning: master.cf:1: smtpd_relay_restrictions: 2587/inet: open relay: the relay "
+             "and recipient restrictions permit any destination; put \"reject_unauth_destination\" "
+             "before \"permit\"")
+
+
+def test_open_relay_check_follows_client_restrictions(tmp_path: Path) -> None:
+    assert rendered(write(tmp_path, MUA, SUBMISSION)) == []
+
+
+def test_open_relay_without_client_restrictions_is_still_flagged(tmp_path: Path) -> None:
+    master = ("2587 inet n - n - - smtpd\n"
+              "  -o smtpd_relay_restrictions=permit_sasl_authenticated,permit,reject_unauth_destination\n")
+    assert rendered(write(tmp_path, "", master)) == [OPEN_2587.replace("master.cf:1", "master.cf:2")]
+
+
+def test_open_relay_when_client_list_permits_strangers_first(tmp_path: Path) -> None:
+    # "permit" ends only the client list; the relay list still decides and lets anyone through.
+    main = "mua_client_restrictions = permit, reject\n"
+    assert rendered(write(tmp_path, main, SUBMISSION)) == [OPEN_2587.replace("master.cf:1", "master.cf:3")]
+
+
+@pytest.mark.parametrize("param", ["smtpd_helo_restrictions", "smtpd_sender_restrictions"])
+def test_helo_or_sender_reject_closes_the_relay(tmp_path: Path, param: str) -> None:
+    master = ("2587 inet n - n - - smtpd\n"
+              f"  -o {param}=permit_sasl_authenticated,reject\n"
+              "  -o smtpd_relay_restrictions=permit_sasl_authenticated,permit,reject_unauth_destination\n")
+    assert rendered(write(tmp_path, "", master)) == []
+
+
+def test_reject_unauth_destination_in_client_list_needs_delay_reject(tmp_path: Path) -> None:
+    master = ("2587 inet n - n - - smtpd\n"
+              "  -o smtpd_client_restrictions=reject_unauth_destination\n"
+              "  -o smtpd_relay_restrictions=permit,reject\n")
+    assert rendered(write(tmp_path, "", master)) == []
+    assert rendered(write(tmp_path, "smtpd_delay_reject = no\n", master)) == [
+        OPEN_2587.replace("master.cf:1", "master.cf:3")]
+
+
+def test_relay_and_recipient_lists_must_both_pass(tmp_path: Path) -> None:
+    master = ("2587 inet n - n - - smtpd\n"
+              "  -o smtpd_relay_restrictions=permit\n"
+              "  -o smtpd_recipient_restrictions=reject_unauth_destination\n")
+    assert rendered(write(tmp_path, "", master)) == []
+
+
+def test_client_reject_does_not_hide_a_missing_relay_restriction(tmp_path: Path) -> None:
+    # Without any reject in the relay and recipient lists every RCPT TO fails, even
+    # authenticated ones: that warning stays whatever the client list says.
+    master = ("2587 inet n - n - - smtpd\n"
+              "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
+              "  -o smtpd_relay_restrictions=permit_sasl_authenticated,permit\n")
+    assert rendered(write(tmp_path, "", master)) == [
+        "warning: master.cf:3: smtpd_relay_restrictions: 2587/inet: neither "
+        "smtpd_relay_restrictions nor smtpd_recipient_restrictions rejects unauthorized "
+        "destinations; mail will be refused with 451 4.3.5 Server configuration error; "
+        'end smtpd_relay_restrictions with "reject_unauth_destination"']
