@@ -211,8 +211,14 @@ class PolicyEngine:
             DomainList(n, p.get_list(n), self.config_dir, parent_style=n in parent)
             for n in ("virtual_alias_domains", "virtual_mailbox_domains") if p.is_set(n)
         ]
-        self._login_maps = TableList(open_tables(_param(p, "smtpd_sender_login_maps"),
-                                                 self.config_dir))
+        login_maps = _param(p, "smtpd_sender_login_maps")
+        if login_maps.strip() or not _param(p, "postillion_user_database").strip():
+            self._login_maps = TableList(open_tables(login_maps, self.config_dir))
+        else:
+            # Unset: a user owns their own address and configured aliases (postillion:users).
+            from postillion.sasl.login_table import UserStoreTable
+
+            self._login_maps = TableList([UserStoreTable.from_params(p)])
         self._local_rcpt_maps = TableList(open_tables(_param(p, "local_recipient_maps"),
                                                       self.config_dir))
 
