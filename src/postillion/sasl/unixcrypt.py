@@ -39,16 +39,23 @@ def _crypt_rn() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     return func
 
 
-def crypt(phrase: str, setting: str) -> str | None:
-    """``crypt(phrase, setting)``; None when libxcrypt rejects the setting (unknown or ``*``/``!``
-    locked hashes) or the phrase contains NUL."""
-    if "\0" in phrase:
+def crypt_bytes(phrase: bytes, setting: bytes) -> bytes | None:
+    """``crypt(phrase, setting)`` on raw bytes (a shadow entry, a password as the client sent
+    it); None when libxcrypt rejects the setting: it answers with a ``*0``/``*1`` failure token
+    for unknown prefixes and locked (``*``, ``!``) hashes, never with a hash."""
+    if b"\0" in phrase:
         return None
-    buf = ctypes.create_string_buffer(_DATA_SIZE)
-    out = _crypt_rn()(phrase.encode("utf-8"), setting.encode("ascii", "replace"), buf, _DATA_SIZE)
+    buf = ctypes.create_string_buffer(_DATA_SIZE)  # zeroed, as crypt_rn wants it
+    out = _crypt_rn()(phrase, setting, buf, _DATA_SIZE)
     if out is None or out.startswith(b"*"):
         return None
-    return out.decode("ascii")
+    return bytes(out)
+
+
+def crypt(phrase: str, setting: str) -> str | None:
+    """``crypt(phrase, setting)`` for text; see crypt_bytes."""
+    out = crypt_bytes(phrase.encode("utf-8"), setting.encode("ascii", "replace"))
+    return None if out is None else out.decode("ascii")
 
 
 def verify(phrase: str, stored: str) -> bool:
