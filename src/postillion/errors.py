@@ -31,9 +31,22 @@ class AuthBackendError(PostillionError):
 
     temporary = True
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, log_line: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # The whole warning when the backend has its own Postfix text (Dovecot's
+        # "SASL: Connect to private/auth failed: ..."), instead of "SASL authentication
+        # failure: <detail>" (what Cyrus logs through Postfix).
+        self.log_line = log_line
+
+
+class AuthRejected(PostillionError):
+    """The backend said no and gave a reason the client may see (Dovecot's ``reason=``);
+    a verifier raises it instead of returning False."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class TableLookupError(PostillionError):

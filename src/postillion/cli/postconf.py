@@ -40,7 +40,7 @@ from postillion.errors import ConfigError
 
 PROG = "postconf"
 SASL_SERVER_TYPES = ("cyrus", "dovecot")  # -a
-SASL_CLIENT_TYPES: tuple[str, ...] = ()  # -A: postillion has no SMTP client SASL yet
+SASL_CLIENT_TYPES: tuple[str, ...] = ("cyrus",)  # -A: as Postfix; delivery/smtp.py does the SASL itself
 _SHORT_OPTS = "aAc:dDeEfFhHlmMno:pPtTvxX#"
 _UNSUPPORTED = {"-l": "mailbox locking", "-t": "bounce templates", "-T": "TLS information",
                 "-b": "bounce templates", "-C": "parameter classes", "-D": "deprecated flag",

@@ -170,16 +170,12 @@ def parse_sasl_conf(path: Path | str) -> SaslAppConfig:
 def check_sasl_type(params: Params) -> None:
     """Raise ConfigError unless ``smtpd_sasl_type`` names a SASL server postillion has."""
     sasl_type = params.get("smtpd_sasl_type").strip() or "cyrus"
-    if sasl_type == "dovecot":
+    if sasl_type not in ("cyrus", "dovecot"):
         raise param_error(
             params,
             "smtpd_sasl_type",
-            "not supported yet",
-            "use smtpd_sasl_type = cyrus with saslauthd or the postillion user database",
-        )
-    if sasl_type != "cyrus":
-        raise param_error(
-            params, "smtpd_sasl_type", f"unknown SASL server type {sasl_type!r}", "use cyrus"
+            f"unknown SASL server type {sasl_type!r}",
+            "use cyrus or dovecot",
         )
 
 
@@ -195,6 +191,8 @@ def check(params: Params) -> list[Diagnostic]:
         # The verdict make_sasl_server gives at startup: `check` must refuse what would
         # make every smtpd worker exit.
         check_sasl_type(params)
+        if params.get("smtpd_sasl_type").strip() == "dovecot":
+            return _dovecot_socket_check(params)  # a socket, not a Cyrus application name
         path = find_sasl_conf(params)
         if path is None:
             return []
@@ -225,6 +223,28 @@ def check(params: Params) -> list[Diagnostic]:
                 )
             )
     return [Diagnostic.from_error(exc, WARNING) for exc in found]
+
+
+def _dovecot_socket_check(params: Params) -> list[Diagnostic]:
+    """A UNIX ``smtpd_sasl_path`` must name Dovecot's auth socket (relative paths are under
+    queue_directory, as for Postfix's chrooted smtpd).  A warning: Dovecot may start later."""
+    spec = params.get("smtpd_sasl_path").strip()
+    if spec.startswith("inet:"):
+        return []
+    path = spec.removeprefix("unix:")
+    if not os.path.isabs(path):
+        queue_directory = params.path("queue_directory") or params.config_dir
+        path = os.path.join(queue_directory, path)
+    problem = _socket_problem(path)
+    if problem is None:
+        return []
+    if problem.startswith("does not exist"):
+        problem = "does not exist (is Dovecot running, with an auth unix_listener there?)"
+    return [Diagnostic.from_error(param_error(
+        params, "smtpd_sasl_path", f"Dovecot auth socket {path}: {problem}",
+        "point it at Dovecot's auth listener (Postfix's convention: private/auth, with "
+        "service auth { unix_listener " + path + " { mode = 0660 } } in Dovecot's 10-master.conf)",
+    ), WARNING)]
 
 
 def _socket_problem(socket_path: str) -> str | None:

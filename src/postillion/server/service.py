@@ -98,8 +98,10 @@ def build_service(
         )
     auth_enabled = params.get_bool("smtpd_sasl_auth_enable")
     sasl = make_sasl_server(params) if auth_enabled else None
+    for note in sasl.notes if sasl else []:
+        log.warning(note)  # e.g. Dovecot unreachable at start, mech_list entries ignored
     mechs = sasl.mechanisms if sasl else []
-    plain_mechs = offered_mechanisms(mechs, params.get_list("smtpd_sasl_security_options"))
+    plain_mechs = offered_mechanisms(mechs, params.get_list("smtpd_sasl_security_options"), tls=False)
     tls_mechs = offered_mechanisms(mechs, params.get_list("smtpd_sasl_tls_security_options"))
     myhostname = params.get("myhostname")
     settings = Settings(

@@ -87,7 +87,7 @@ def test_edit_remove_comment(tmp_path: Path) -> None:
 
 def test_sasl_types(tmp_path: Path) -> None:
     assert run(tmp_path, "-a") == (0, "cyrus\ndovecot\n", "")
-    assert run(tmp_path, "-A") == (0, "", "")
+    assert run(tmp_path, "-A") == (0, "cyrus\n", "")
 
 
 def test_master_filters(tmp_path: Path) -> None:
