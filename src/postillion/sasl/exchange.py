@@ -1,11 +1,13 @@
 """One SMTP AUTH exchange, from the AUTH command to its final reply, without I/O.
 
-Owns: base64 framing of responses, ``*`` cancellation, the response length limit, and Postfix's
-exact replies and warning texts for every way an AUTH command can end.
+Owns: base64 framing of responses, ``*`` cancellation, the response length limit, building the
+mechanism for the AUTH command (with the connection's channel-binding data for SCRAM -PLUS),
+and Postfix's exact replies and warning texts for every way an AUTH command can end.
 Must not import: asyncio, sockets, verifiers, config, maillog (the session does the I/O, awaits
 the verifier and writes the log; this module only says what to send and what to log).
-Follows: RFC 4954 section 4, Postfix 3.7 smtpd_sasl_glue.c / xsasl_cyrus_server.c behaviour
-(reply texts observed live, see docs: 535 for unknown mechanisms and bad base64, not 504/501).
+Follows: RFC 4954 section 4, RFC 5802 section 6 (which -PLUS names a connection may use),
+Postfix 3.7 smtpd_sasl_glue.c / xsasl_cyrus_server.c behaviour (reply texts observed live, see
+docs: 535 for unknown mechanisms and bad base64, not 504/501).
 
 Usage (the session)::
 
@@ -17,6 +19,12 @@ Usage (the session)::
         elif isinstance(action, Verify):         # ask the verifier
             try:
                 action = ex.verified(await verifier.verify(action.authcid, action.password, ...))
+            except AuthBackendError as exc:
+                action = ex.backend_failed(exc.detail)
+        elif isinstance(action, Lookup):         # SCRAM / CRAM-MD5: fetch the stored secret
+            try:
+                secret, note = await verifier.lookup_secret(action.authcid, action.scheme)
+                action = ex.looked_up(secret, note=note)
             except AuthBackendError as exc:
                 action = ex.backend_failed(exc.detail)
         else:                                    # Outcome: send action.reply, log, done
@@ -32,10 +40,23 @@ import binascii
 import enum
 from dataclasses import dataclass, field
 
+from collections.abc import Mapping
+from typing import Protocol
+
 from postillion import replies
 from postillion.replies import Reply
 from postillion.sasl import mechanisms
-from postillion.sasl.mechanisms import Credentials, Failed, NeedMore, Step
+from postillion.sasl.crammd5 import CramMd5
+from postillion.sasl.mechanisms import (
+    Authenticated,
+    Credentials,
+    Failed,
+    Mechanism,
+    NeedMore,
+    NeedSecret,
+    Step,
+)
+from postillion.sasl.scram import Scram
 
 RESPONSE_LIMIT = 12288  # smtpd_sasl_response_limit default
 UNAVAILABLE = "(unavailable)"  # Postfix's sasl_username when the mechanism never learned a name
@@ -62,13 +83,24 @@ class Verify:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lookup:
+    """Fetch the stored secret of ``authcid`` for ``scheme`` (``SCRAM-SHA-256``, ``SCRAM-SHA-1``,
+    ``CRAM-MD5``), then call looked_up() (or backend_failed())."""
+
+    authcid: str
+    authzid: str
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """The end of the exchange.
 
     ``username`` is the authenticated name on success, and on failure the name the client tried
     (None if the mechanism never learned one).  ``log_warning`` goes to the log as
-    ``warning: host[ip]: <log_warning>``; ``backend_detail`` (backend unreachable) is logged
-    before it as ``warning: SASL authentication failure: <backend_detail>``.
+    ``warning: host[ip]: <log_warning>``; ``backend_detail`` (backend unreachable, or a user
+    without the stored secret the mechanism needs) is logged before it as
+    ``warning: SASL authentication failure: <backend_detail>``, like Cyrus's own line.
     """
 
     reply: Reply
@@ -79,32 +111,59 @@ class Outcome:
     backend_detail: str | None = None
 
 
-Action = Challenge | Verify | Outcome
+Action = Challenge | Verify | Lookup | Outcome
+
+
+class _SecretMechanism(Mechanism, Protocol):
+    def with_secret(self, secret: object | None) -> Step: ...
 
 
 class _State(enum.Enum):
     NEW = "new"
     CHALLENGED = "challenged"
     VERIFYING = "verifying"
+    LOOKING_UP = "looking up"
     DONE = "done"
 
 
 class AuthExchange:
-    """Drives one AUTH command.  ``mechanism`` is the name as the client sent it."""
+    """Drives one AUTH command.  ``mechanism`` is the name as the client sent it.
+
+    ``channel_bindings`` maps the channel-binding types this connection can prove (RFC 5929 /
+    RFC 9266 names) to their data; without any, no -PLUS mechanism can be used, even if it is
+    in ``offered``.  ``hostname`` goes into the CRAM-MD5 challenge.
+    """
 
     def __init__(
-        self, mechanism: str, offered: list[str], *, response_limit: int = RESPONSE_LIMIT
+        self,
+        mechanism: str,
+        offered: list[str],
+        *,
+        response_limit: int = RESPONSE_LIMIT,
+        channel_bindings: Mapping[str, bytes] | None = None,
+        hostname: str = "localhost",
     ) -> None:
         self.method = mechanism
         self.response_limit = response_limit
+        usable = [m.upper() for m in offered]
+        if not channel_bindings:
+            usable = [m for m in usable if not m.endswith("-PLUS")]
         wanted = mechanism.upper()
-        self._mech = (
-            mechanisms.new_mechanism(wanted)
-            if wanted in (m.upper() for m in offered)
-            else None
-        )
+        self._mech: Mechanism | None = None
+        if wanted in usable:
+            if wanted in mechanisms.SCRAM_MECHANISMS:
+                self._mech = Scram(
+                    wanted,
+                    channel_bindings=channel_bindings,
+                    plus_offered=f"{wanted}-PLUS" in usable,
+                )
+            elif wanted == mechanisms.CRAM_MD5:
+                self._mech = CramMd5(hostname)
+            else:
+                self._mech = mechanisms.new_mechanism(wanted)
         self._state = _State.NEW
         self._username: str | None = None
+        self._note: str | None = None
 
     def start(self, initial_response: str | None) -> Action:
         """Begin; ``initial_response`` is the AUTH command's second argument (base64 or "=")."""
@@ -134,11 +193,12 @@ class AuthExchange:
             return self._failed(mechanisms.BAD_PROTOCOL)
         return self._next(self._mech.step(data))
 
-    def verified(self, ok: bool) -> Outcome:
-        """The verifier's answer to Verify."""
+    def verified(self, ok: bool, *, reason: str | None = None) -> Outcome:
+        """The verifier's answer to Verify; ``reason`` replaces Cyrus's "authentication
+        failure" when the backend gave its own (AuthRejected)."""
         self._expect(_State.VERIFYING)
         if not ok:
-            return self._failed(mechanisms.AUTH_FAILURE)
+            return self._failed(reason or mechanisms.AUTH_FAILURE)
         self._state = _State.DONE
         return Outcome(
             reply=replies.AUTH_OK,
@@ -148,9 +208,18 @@ class AuthExchange:
             method=self.method,
         )
 
+    def looked_up(self, secret: object | None, *, note: str | None = None) -> Action:
+        """The answer to Lookup: the stored secret, or None for an unknown user or one without
+        a secret for this scheme.  ``note`` (why there is none) is logged if the exchange fails."""
+        self._expect(_State.LOOKING_UP)
+        mech: _SecretMechanism = self._mech  # type: ignore[assignment]
+        self._note = note
+        return self._next(mech.with_secret(secret))
+
     def backend_failed(self, detail: str) -> Outcome:
         """The verifier raised AuthBackendError(detail): a temporary failure."""
-        self._expect(_State.VERIFYING)
+        if self._state is not _State.LOOKING_UP:
+            self._expect(_State.VERIFYING)
         return self._failed(
             mechanisms.GENERIC_FAILURE,
             reply=replies.auth_temp_failure(mechanisms.GENERIC_FAILURE),
@@ -171,9 +240,23 @@ class AuthExchange:
             self._state = _State.VERIFYING
             self._username = step.authcid
             return Verify(authcid=step.authcid, authzid=step.authzid, password=step.password)
+        if isinstance(step, NeedSecret):
+            self._state = _State.LOOKING_UP
+            self._username = step.authcid
+            return Lookup(authcid=step.authcid, authzid=step.authzid, scheme=step.scheme)
+        if isinstance(step, Authenticated):
+            self._state = _State.DONE
+            self._username = step.authcid
+            return Outcome(
+                reply=replies.AUTH_OK,
+                success=True,
+                username=step.authcid,
+                log_warning=None,
+                method=self.method,
+            )
         assert isinstance(step, Failed)
         self._username = step.username
-        return self._failed(step.reason)
+        return self._failed(step.reason, backend_detail=self._note)
 
     def _failed(
         self, reason: str, *, reply: Reply | None = None, backend_detail: str | None = None

@@ -1,14 +1,17 @@
-"""Sans-IO SASL server mechanisms: PLAIN and LOGIN.
+"""Sans-IO SASL server mechanisms: PLAIN and LOGIN, and the step values every mechanism returns.
 
-Owns: parsing the decoded client messages of each mechanism and the Cyrus SASL reason texts that
-Postfix puts after ``authentication failed:``.
+Owns: parsing the decoded client messages of PLAIN and LOGIN, the ``Step`` values (shared with
+``sasl.scram`` and ``sasl.crammd5``), the list of mechanism names postillion knows, and the Cyrus
+SASL reason texts that Postfix puts after ``authentication failed:``.
 Must not import: asyncio, sockets, base64 framing (that is ``sasl.exchange``), verifiers.
 Follows: RFC 4616 (PLAIN), draft-murchison-sasl-login (LOGIN), Cyrus SASL 2.1.28 plain.c/login.c
 (limits and which failures are "bad protocol"), Postfix 3.7 smtpd_sasl_glue.c.
 
-A mechanism is fed decoded bytes and answers with one of three values: ``NeedMore`` (send this
-challenge), ``Credentials`` (ask a verifier) or ``Failed`` (a Cyrus reason text).  Mechanisms
-never see the password store, so the same code serves every backend.
+A mechanism is fed decoded bytes and answers with one of these values: ``NeedMore`` (send this
+challenge), ``Credentials`` (ask a verifier to check a plaintext password), ``NeedSecret`` (look
+up the stored secret for a user and pass it to the mechanism's ``with_secret``),
+``Authenticated`` (the mechanism itself proved who the client is) or ``Failed`` (a Cyrus reason
+text).  Mechanisms never see the password store, so the same code serves every backend.
 """
 
 from __future__ import annotations
@@ -53,7 +56,25 @@ class Failed:
     username: str | None = None
 
 
-Step = NeedMore | Credentials | Failed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeedSecret:
+    """Look up the stored secret of ``authcid`` for ``scheme`` (``SCRAM-SHA-256``, ``SCRAM-SHA-1``
+    or ``CRAM-MD5``) and pass it, or None, to the mechanism's ``with_secret``."""
+
+    authcid: str
+    authzid: str
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticated:
+    """The mechanism has checked the client's proof itself: the exchange succeeded."""
+
+    authcid: str
+    authzid: str
+
+
+Step = NeedMore | Credentials | NeedSecret | Authenticated | Failed
 
 
 class Mechanism(Protocol):
@@ -143,10 +164,20 @@ def _login_field(data: bytes) -> str | None:
 
 _MECHANISMS: dict[str, type[Plain] | type[Login]] = {"PLAIN": Plain, "LOGIN": Login}
 
-SUPPORTED_MECHANISMS: tuple[str, ...] = tuple(_MECHANISMS)
+# Mechanisms that check a plaintext password: any verifier (saslauthd too) can serve them.
+PLAINTEXT_MECHANISMS: tuple[str, ...] = tuple(_MECHANISMS)
+# Mechanisms that need a stored secret (sasl.scram, sasl.crammd5): only the user database.
+SCRAM_MECHANISMS: tuple[str, ...] = (
+    "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1",
+)
+CRAM_MD5 = "CRAM-MD5"
+SECRET_MECHANISMS: tuple[str, ...] = (*SCRAM_MECHANISMS, CRAM_MD5)
+# Everything postillion implements, strongest first (Cyrus's order when mech_list is unset).
+SUPPORTED_MECHANISMS: tuple[str, ...] = (*SECRET_MECHANISMS, *PLAINTEXT_MECHANISMS)
 
 
 def new_mechanism(name: str) -> Mechanism | None:
-    """A fresh instance of mechanism ``name`` (case-insensitive), or None if we have none."""
+    """A fresh PLAIN or LOGIN instance for ``name`` (case-insensitive), or None.  The
+    secret-based mechanisms need connection data and are built by ``sasl.exchange``."""
     cls = _MECHANISMS.get(name.upper())
     return cls() if cls is not None else None

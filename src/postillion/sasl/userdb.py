@@ -1,19 +1,37 @@
-"""The embedded SASL user store: one SQLite file of user names and argon2id password hashes.
+"""The embedded SASL user store: one SQLite file of user names, argon2id password hashes and
+the secrets the challenge-response mechanisms need.
 
-Owns: the on-disk format below, user name rules, password hashing and checking.
-Must not import: asyncio, config, server (callers pass the path; ``sasl.verifiers`` runs
-``verify`` in a thread).
-Follows: RFC 9106 (argon2id, via argon2-cffi's PasswordHasher defaults), SQLite URI filenames.
+Owns: the on-disk format below (and its migration), user name rules, password hashing and
+checking, and computing the SCRAM / CRAM-MD5 secrets when a password is set.
+Must not import: asyncio, config, server (callers pass the path and settings; ``sasl.verifiers``
+runs ``verify`` and the secret look-ups in a thread).
+Follows: RFC 9106 (argon2id, via argon2-cffi's PasswordHasher defaults), RFC 5802 / RFC 7677
+(SCRAM StoredKey/ServerKey), Dovecot's ``{SCRAM-SHA-256}`` and ``{CRAM-MD5}`` value formats,
+SQLite URI filenames.
 
-On-disk format (``postillion_user_database``), schema version 1::
+On-disk format (``postillion_user_database``), schema version 2::
 
-    CREATE TABLE schema_version (version INTEGER NOT NULL);      -- one row: 1
+    CREATE TABLE schema_version (version INTEGER NOT NULL);      -- one row: 2
     CREATE TABLE users (
         name          TEXT PRIMARY KEY,   -- the SASL authcid, compared exactly (case-sensitive)
-        password_hash TEXT NOT NULL,      -- PHC string "$argon2id$v=19$m=...,t=...,p=...$salt$hash"
+        password_hash TEXT NOT NULL,      -- PHC string "$argon2id$v=19$m=...,t=...,p=...$salt$hash",
+                                          -- or "{SCHEME}data" kept from a Dovecot passwd-file import
         created       TEXT NOT NULL,      -- UTC, ISO 8601 "2024-05-01T12:00:00Z"
         updated       TEXT NOT NULL       -- UTC, last password change
     );
+    CREATE TABLE secrets (                -- added in version 2; rewritten with every password
+        name   TEXT NOT NULL,             -- users.name
+        scheme TEXT NOT NULL,             -- "SCRAM-SHA-1", "SCRAM-SHA-256" or "CRAM-MD5"
+        value  TEXT NOT NULL,             -- SCRAM: "iterations,salt,StoredKey,ServerKey" (base64
+                                          -- fields); CRAM-MD5: 64 hex digits (Dovecot's layout)
+        PRIMARY KEY (name, scheme)
+    );
+
+Version 1 files (no ``secrets`` table) are still read; the first change made with
+``postillion user`` upgrades them in place.  Users whose password was set before then have no
+SCRAM keys: SCRAM fails for them (logged, with the fix) until ``postillion user passwd NAME``.
+The plaintext password is never stored; CRAM-MD5 secrets (password-equivalent for CRAM-MD5)
+are stored only when ``store_cram_md5`` is on (``postillion_cram_md5_enable = yes``).
 
 The file is created with mode 0600 and written only by ``postillion user``; smtpd workers open it
 read-only (``mode=ro``), so the rollback journal (not WAL, which needs a writable -shm file) is used.
@@ -37,10 +55,22 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from postillion.errors import PostillionError
+from postillion.sasl import crammd5, schemes, scram
+from postillion.sasl.scram import ScramCredentials
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 NAME_LIMIT = 255  # bytes of UTF-8; saslauthd's MAX_REQ_LEN is 256 with the NUL
+SCRAM_SCHEMES = ("SCRAM-SHA-1", "SCRAM-SHA-256")
 
+_SECRETS_TABLE = """
+CREATE TABLE secrets (
+    name   TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (name, scheme)
+);
+"""
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE users (
@@ -49,7 +79,7 @@ CREATE TABLE users (
     created       TEXT NOT NULL,
     updated       TEXT NOT NULL
 );
-"""
+""" + _SECRETS_TABLE
 
 
 class UserDBError(PostillionError):
@@ -92,10 +122,18 @@ class UserDB:
     """
 
     def __init__(
-        self, path: Path | str, *, readonly: bool = False, hasher: PasswordHasher | None = None
+        self,
+        path: Path | str,
+        *,
+        readonly: bool = False,
+        hasher: PasswordHasher | None = None,
+        scram_iterations: int = scram.DEFAULT_ITERATIONS,
+        store_cram_md5: bool = False,
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.scram_iterations = scram_iterations  # postillion_scram_iterations
+        self.store_cram_md5 = store_cram_md5  # postillion_cram_md5_enable
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
 
@@ -104,6 +142,7 @@ class UserDB:
     def add(self, name: str, password: str) -> None:
         check_username(name)
         digest = self._hasher.hash(password)
+        secrets = self._secrets(password)
         now = _now()
         with self._connect(write=True) as db:
             try:
@@ -113,14 +152,35 @@ class UserDB:
                 )
             except sqlite3.IntegrityError:
                 raise UserExistsError(f"user {name} already exists") from None
+            self._store_secrets(db, name, secrets)
+
+    def add_hashed(self, name: str, stored: str) -> None:
+        """Add a user with a password hash brought from elsewhere (``{SCHEME}data``, a Dovecot
+        scheme that ``sasl.schemes`` can check).  A ``{SCRAM-SHA-*}`` hash also serves that SCRAM
+        mechanism, as the value formats are the same."""
+        check_username(name)
+        scheme = schemes.check_supported(stored)
+        rows = [(scheme, stored.partition("}")[2])] if scheme in SCRAM_SCHEMES else []
+        now = _now()
+        with self._connect(write=True) as db:
+            try:
+                db.execute(
+                    "INSERT INTO users (name, password_hash, created, updated) VALUES (?, ?, ?, ?)",
+                    (name, stored, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserExistsError(f"user {name} already exists") from None
+            self._store_secrets(db, name, rows)
 
     def delete(self, name: str) -> None:
         with self._connect(write=True) as db:
             if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise NoSuchUserError(f"user {name} does not exist")
+            db.execute("DELETE FROM secrets WHERE name = ?", (name,))
 
     def set_password(self, name: str, password: str) -> None:
         digest = self._hasher.hash(password)
+        secrets = self._secrets(password)
         with self._connect(write=True) as db:
             cur = db.execute(
                 "UPDATE users SET password_hash = ?, updated = ? WHERE name = ?",
@@ -128,6 +188,7 @@ class UserDB:
             )
             if cur.rowcount == 0:
                 raise NoSuchUserError(f"user {name} does not exist")
+            self._store_secrets(db, name, secrets)
 
     def list_names(self) -> list[str]:
         with self._connect() as db:
@@ -148,15 +209,86 @@ class UserDB:
         key = cache.key(name, digest, password) if cache is not None and row is not None else None
         if key is not None and cache is not None and cache.hit(key):
             return True
-        try:
-            self._hasher.verify(digest, password)  # returns True or raises
-        except (VerificationError, InvalidHashError):
-            return False
+        if digest.startswith("{"):
+            try:
+                if not schemes.verify(digest, password):
+                    return False
+            except schemes.SchemeError as exc:
+                raise UserDBError(f"user database {self.path}: password of {name}: {exc}") from None
+        else:
+            try:
+                self._hasher.verify(digest, password)  # returns True or raises
+            except (VerificationError, InvalidHashError):
+                return False
         if key is not None and cache is not None:
             cache.add(key)
         return row is not None
 
+    def user_exists(self, name: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is not None
+
+    def scram_credentials(self, name: str, hash_name: str) -> ScramCredentials | None:
+        """The SCRAM keys of ``name`` for ``hash_name`` (``SCRAM-SHA-256``, ``SCRAM-SHA-1``, or
+        ``SHA-256`` / ``SHA-1``); None for an unknown user or one without keys for that hash."""
+        scheme = hash_name.upper()
+        if not scheme.startswith("SCRAM-"):
+            scheme = f"SCRAM-{scheme}"
+        if scheme not in SCRAM_SCHEMES:
+            raise ValueError(f"unknown SCRAM hash {hash_name!r}")
+        value = self._secret(name, scheme)
+        if value is None:
+            return None
+        try:
+            return ScramCredentials.from_text(value)
+        except ValueError as exc:
+            raise UserDBError(f"user database {self.path}: {scheme} secret of {name}: {exc}") from None
+
+    def cram_md5_secret(self, name: str) -> bytes | None:
+        """The 32-byte CRAM-MD5 secret of ``name``, or None (unknown user or none stored)."""
+        value = self._secret(name, crammd5.SCHEME)
+        if value is None:
+            return None
+        try:
+            secret = bytes.fromhex(value)
+        except ValueError:
+            secret = b""
+        if len(secret) != crammd5.SECRET_SIZE:
+            raise UserDBError(f"user database {self.path}: CRAM-MD5 secret of {name} is malformed")
+        return secret
+
     # --- internals -----------------------------------------------------------------------
+
+    def _secrets(self, password: str) -> list[tuple[str, str]]:
+        """(scheme, value) rows for a new password; computed before the write transaction."""
+        rows = [
+            (s, scram.make_credentials(s, password, iterations=self.scram_iterations).to_text())
+            for s in SCRAM_SCHEMES
+        ]
+        if self.store_cram_md5:
+            rows.append((crammd5.SCHEME, crammd5.make_secret(password).hex()))
+        return rows
+
+    @staticmethod
+    def _store_secrets(db: sqlite3.Connection, name: str, rows: list[tuple[str, str]]) -> None:
+        # Every secret derived from the old password goes, including a CRAM-MD5 one that is no
+        # longer wanted.
+        db.execute("DELETE FROM secrets WHERE name = ?", (name,))
+        db.executemany(
+            "INSERT INTO secrets (name, scheme, value) VALUES (?, ?, ?)",
+            [(name, scheme, value) for scheme, value in rows],
+        )
+
+    def _secret(self, name: str, scheme: str) -> str | None:
+        with self._connect() as db:
+            if not _has_secrets_table(db):
+                return None  # a version 1 file that no write has upgraded yet
+            row = db.execute(
+                "SELECT value FROM secrets WHERE name = ? AND scheme = ? AND name IN "
+                "(SELECT name FROM users)",
+                (name, scheme),
+            ).fetchone()
+        return row[0] if row is not None else None
 
     def _dummy(self) -> str:
         if self._dummy_hash is None:
@@ -181,6 +313,7 @@ class UserDB:
             if write:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    self._migrate(db)
                     yield db
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -200,11 +333,18 @@ class UserDB:
             raise UserDBError(
                 f"{self.path} is not a postillion user database ({exc})"
             ) from exc
-        if row is None or row[0] != SCHEMA_VERSION:
+        if row is None or row[0] not in READABLE_VERSIONS:
             raise UserDBError(
                 f"{self.path}: unsupported schema version {row[0] if row else None}"
-                f" (this postillion reads version {SCHEMA_VERSION})"
+                f" (this postillion reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Version 1 → 2: add the secrets table (inside the caller's write transaction)."""
+        if db.execute("SELECT version FROM schema_version").fetchone()[0] == 1:
+            db.execute(_SECRETS_TABLE)  # not executescript(), which would COMMIT first
+            db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def _create_if_missing(self) -> None:
         if self.path.exists():
@@ -228,6 +368,12 @@ class UserDB:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _has_secrets_table(db: sqlite3.Connection) -> bool:
+    return db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'secrets'"
+    ).fetchone() is not None
 
 
 def _why(exc: sqlite3.Error, path: Path) -> str:

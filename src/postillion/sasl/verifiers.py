@@ -1,7 +1,8 @@
 """Password verifiers for SMTP AUTH and the choice of one from the configuration.
 
-Owns: the ``Verifier`` protocol, the user-database and saslauthd verifiers, ``make_sasl_server``
-(main.cf + Cyrus ``smtpd.conf`` → verifier and mechanism list) and mechanism filtering by
+Owns: the ``Verifier`` and ``SecretStore`` protocols, the user-database and saslauthd verifiers,
+``make_sasl_server`` (main.cf + Cyrus ``smtpd.conf`` → verifier and mechanism list; SCRAM and
+CRAM-MD5 only where stored secrets exist) and mechanism filtering by
 ``smtpd_sasl_security_options``.
 Must not import: server, policy, queue, cli.
 Follows: Postfix SASL_README ("Cyrus SASL configuration", "smtpd_sasl_security_options"),
@@ -23,7 +24,11 @@ from postillion.config.saslconf import (
     parse_sasl_conf,
     sasl_conf_search_path,
 )
-from postillion.sasl.mechanisms import SUPPORTED_MECHANISMS
+from postillion.sasl.mechanisms import (
+    CRAM_MD5,
+    SECRET_MECHANISMS,
+    SUPPORTED_MECHANISMS,
+)
 from postillion.sasl.saslauthd import DEFAULT_SOCKET, DEFAULT_TIMEOUT, saslauthd_check, split_realm
 from postillion.sasl.userdb import SuccessCache, UserDB, UserDBError
 
@@ -47,8 +52,17 @@ class Verifier(Protocol):
     ) -> bool: ...
 
 
+class SecretStore(Protocol):
+    """Hands out stored secrets for SCRAM and CRAM-MD5 (only the user database can)."""
+
+    async def lookup_secret(self, username: str, scheme: str) -> tuple[object | None, str | None]:
+        """(secret or None, a log note saying why there is none when the user exists)."""
+        ...
+
+
 class UserDBVerifier:
-    """Checks against the postillion user database (argon2 runs in a worker thread)."""
+    """Checks against the postillion user database (argon2 runs in a worker thread), and hands
+    out the SCRAM keys and CRAM-MD5 secrets stored there."""
 
     def __init__(self, path: Path | str, *, cache_ttl: float = 0.0) -> None:
         self.path = Path(path)
@@ -70,6 +84,25 @@ class UserDBVerifier:
             return await asyncio.to_thread(self._db.verify, username, password, cache=self._cache)
         except UserDBError as exc:
             raise AuthBackendError(str(exc)) from exc
+
+    async def lookup_secret(self, username: str, scheme: str) -> tuple[object | None, str | None]:
+        try:
+            return await asyncio.to_thread(self._lookup, username, scheme)
+        except UserDBError as exc:
+            raise AuthBackendError(str(exc)) from exc
+
+    def _lookup(self, username: str, scheme: str) -> tuple[object | None, str | None]:
+        secret: object | None
+        if scheme == CRAM_MD5:
+            secret = self._db.cram_md5_secret(username)
+        else:
+            secret = self._db.scram_credentials(username, scheme)
+        if secret is not None or not self._db.user_exists(username):
+            return secret, None
+        return None, (
+            f"no {scheme} secret for user {username} (its password was set before {scheme} was "
+            f"stored; set it again with: postillion user passwd {username})"
+        )
 
     def __repr__(self) -> str:
         return f"UserDBVerifier({str(self.path)!r})"
@@ -132,6 +165,10 @@ class SaslServerConfig:
 def make_sasl_server(params: Params) -> SaslServerConfig:
     """Build the verifier from ``smtpd_sasl_type`` and the Cyrus application config file."""
     check_sasl_type(params)
+    if params.get("smtpd_sasl_type").strip() == "dovecot":
+        from postillion.sasl.dovecot_client import dovecot_sasl_server  # imports this module
+
+        return dovecot_sasl_server(params)
     conf_path = find_sasl_conf(params)
     if conf_path is None:
         db = _user_database(params)
@@ -139,7 +176,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
         app = params.get("smtpd_sasl_path") or "smtpd"
         return SaslServerConfig(
             verifier=UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl")),
-            mechanisms=list(SUPPORTED_MECHANISMS),
+            mechanisms=_usable(SUPPORTED_MECHANISMS, secrets=True, cram=_cram_enabled(params)),
             description=f"postillion user database {db} (no {app}.conf in {dirs})",
         )
 
@@ -152,6 +189,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
             f"ignored: {' '.join(conf.pwcheck_method[1:])}"
         )
     verifier: Verifier
+    secrets = method != "saslauthd"
     if method == "saslauthd":
         socket_path = conf.saslauthd_path or DEFAULT_SOCKET
         verifier = SaslauthdVerifier(
@@ -180,31 +218,55 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
             name="pwcheck_method",
             fix="use saslauthd or auxprop",
         )
+    cram = _cram_enabled(params)
     return SaslServerConfig(
         verifier=verifier,
-        mechanisms=_mechanisms(conf.mech_list, conf_path, notes),
+        mechanisms=_mechanisms(conf.mech_list, conf_path, notes, secrets=secrets, cram=cram),
         description=description,
         notes=notes,
     )
 
 
-def _mechanisms(mech_list: tuple[str, ...] | None, path: Path, notes: list[str]) -> list[str]:
+def _cram_enabled(params: Params) -> bool:
+    return params.get_bool("postillion_cram_md5_enable")
+
+
+def _usable(names: tuple[str, ...] | list[str], *, secrets: bool, cram: bool) -> list[str]:
+    """SCRAM and CRAM-MD5 need stored secrets (the user database); CRAM-MD5 also the opt-in."""
+    return [
+        m for m in names
+        if (secrets or m not in SECRET_MECHANISMS) and (cram or m != CRAM_MD5)
+    ]
+
+
+def _mechanisms(
+    mech_list: tuple[str, ...] | None, path: Path, notes: list[str], *, secrets: bool, cram: bool
+) -> list[str]:
     if mech_list is None:
-        return list(SUPPORTED_MECHANISMS)
+        return _usable(SUPPORTED_MECHANISMS, secrets=secrets, cram=cram)
     chosen: list[str] = []
     for mech in mech_list:
         name = mech.upper()
-        if name in SUPPORTED_MECHANISMS:
-            if name not in chosen:
-                chosen.append(name)
-        else:
+        if name not in SUPPORTED_MECHANISMS:
             notes.append(f"{path}: mech_list: {mech} is not supported by postillion; ignored")
+        elif not secrets and name in SECRET_MECHANISMS:
+            notes.append(
+                f"{path}: mech_list: {mech} needs stored secrets, but saslauthd checks only "
+                "plaintext passwords; ignored (use pwcheck_method: auxprop)"
+            )
+        elif name == CRAM_MD5 and not cram:
+            notes.append(
+                f"{path}: mech_list: {mech} is not offered without postillion_cram_md5_enable = yes; "
+                "ignored"
+            )
+        elif name not in chosen:
+            chosen.append(name)
     if not chosen:
         raise ConfigError(
             "mech_list names no mechanism postillion supports",
             path=path,
             name="mech_list",
-            fix=f"add {' '.join(SUPPORTED_MECHANISMS)}",
+            fix=f"add {' '.join(_usable(SUPPORTED_MECHANISMS, secrets=secrets, cram=False))}",
         )
     return chosen
 
@@ -230,18 +292,23 @@ _MECHANISM_PROPERTIES: dict[str, frozenset[str]] = {
     "CRAM-MD5": frozenset({"noanonymous", "noplaintext"}),
     "SCRAM-SHA-1": frozenset({"noanonymous", "noplaintext", "mutual_auth"}),
     "SCRAM-SHA-256": frozenset({"noanonymous", "noplaintext", "mutual_auth"}),
+    "SCRAM-SHA-1-PLUS": frozenset({"noanonymous", "noplaintext", "mutual_auth"}),
+    "SCRAM-SHA-256-PLUS": frozenset({"noanonymous", "noplaintext", "mutual_auth"}),
 }
 SECURITY_OPTIONS = frozenset(
     {"noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth", "forward_secrecy"}
 )
 
 
-def offered_mechanisms(all_mechanisms: list[str], security_options: list[str]) -> list[str]:
+def offered_mechanisms(
+    all_mechanisms: list[str], security_options: list[str], *, tls: bool = True
+) -> list[str]:
     """The mechanisms allowed by ``smtpd_sasl_security_options`` (or the TLS variant).
 
     ``noplaintext`` removes PLAIN and LOGIN; ``noanonymous`` removes ANONYMOUS; ``noactive``,
     ``nodictionary``, ``mutual_auth`` and ``forward_secrecy`` remove every mechanism that cannot
-    promise them (all plaintext ones), as in Cyrus SASL.
+    promise them (all plaintext ones), as in Cyrus SASL.  ``tls=False`` (the list offered before
+    STARTTLS) also removes the -PLUS mechanisms: without TLS there is no channel to bind to.
     """
     wanted = set()
     for option in security_options:
@@ -258,4 +325,5 @@ def offered_mechanisms(all_mechanisms: list[str], security_options: list[str]) -
         m
         for m in all_mechanisms
         if wanted <= _MECHANISM_PROPERTIES.get(m.upper(), frozenset())
+        and (tls or not m.upper().endswith("-PLUS"))
     ]

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from postillion import replies
 from postillion.cleanup.headers import add_missing_headers
 from postillion.cleanup.received import received_header
-from postillion.errors import AuthBackendError, PostillionError, QueueWriteError, TableLookupError
+from postillion.cleanup.checks import Disposition, MessageContext, inspect_message
+from postillion.cleanup.content import added_recipients, content_checks
+from postillion.errors import AuthBackendError, AuthRejected, PostillionError, QueueWriteError, TableLookupError
 from postillion.maillog import CommandCounters, client_id
 from postillion.policy import PolicyContext
 from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.wakeup import wake_qmgr
-from postillion.queue.store import PendingMessage
+from postillion.queue.store import HOLD, INCOMING, PendingMessage
 from postillion.replies import Reply
-from postillion.sasl.exchange import AuthExchange, Challenge, Outcome, Verify
-from postillion.server import tls
+from postillion.sasl.exchange import AuthExchange, Challenge, Lookup, Outcome, Verify
+from postillion.server import channel_binding, tls
 from postillion.server.service import ServiceContext
 from postillion import smtp
 from postillion.smtp import NEED_DATA, PAUSED, ServerConnection
@@ -411,7 +413,36 @@ class Session:
             single_recipient=single,
             now=now,
         )
-        content = ev.content
+        # header_checks see smtpd's Received: (it is part of what cleanup receives) but not
+        # the headers cleanup adds below, as in Postfix.
+        content = received + ev.content
+        disposition, redirect, bcc = Disposition.ACCEPT, None, ()
+        try:
+            checks = content_checks(ctx.params)  # opened once per worker
+        except PostillionError as exc:
+            self.log.warning(f"{pending.queue_id}: content inspection: {exc}")
+            tx.abort()
+            self.conn.send(replies.INTERNAL_ERROR)
+            return
+        if checks:
+            result = inspect_message(content, checks, MessageContext(
+                queue_id=pending.queue_id, origin=self.client, sender=tx.sender,
+                recipient=tx.recipients[0].address, proto="ESMTP" if self.conn.esmtp else "SMTP",
+                helo=self.conn.helo_name,
+            ))
+            for line in result.log:  # cleanup's lines, under cleanup's name as message_id's
+                self.log.sink.emit(f"{self.log.main_syslog_name}/cleanup", line)
+            if result.filter is not None:
+                self.log.warning(f"{pending.queue_id}: FILTER {result.filter} ignored: "
+                                 "postillion has no content_filter support")
+            if result.reply is not None:
+                self.proto.counters.rejects += 1
+                tx.abort()
+                self.conn.send(result.reply)
+                self.tx = _Transaction()
+                return
+            content, disposition = result.content, result.disposition
+            redirect, bcc = result.redirect, result.bcc
         # Complete the headers a MUA may leave out, as Postfix's cleanup does for
         # local_header_rewrite_clients (ours also lists permit_sasl_authenticated: submission).
         add = ctx.params.get_bool("always_add_missing_headers") or await self._may_rewrite_headers()
@@ -431,6 +462,10 @@ class Session:
             tx.abort()
             self.conn.send(replies.TEMP_LOOKUP_FAILURE)
             return
+        if redirect is not None:  # REDIRECT: every recipient is replaced by the target
+            recipients = [Recipient(address=redirect)]
+        extra = added_recipients([r.address for r in recipients], bcc, ctx.params.get("always_bcc"))
+        recipients += [Recipient(address=a, notify=("NEVER",)) for a in extra]
         envelope = Envelope(
             sender=tx.sender,
             recipients=recipients,
@@ -450,15 +485,24 @@ class Session:
             sasl_sender=tx.params.auth if tx.params.auth not in (None, "<>") else None,
             service=ctx.service.name,
         )
-        try:
-            queue_id = await asyncio.to_thread(pending.commit, envelope, received + content)
-        except QueueWriteError as exc:
-            self.log.warning(f"{pending.queue_id}: queue file write error: {exc}")
-            tx.pending = None
-            self.conn.send(replies.QUEUE_WRITE_ERROR)
-            return
+        if disposition is Disposition.DISCARD:
+            # Claim success and keep nothing (cleanup logged "discard:").
+            queue_id = pending.queue_id
+            tx.abort()
+        else:
+            try:
+                queue_id = await asyncio.to_thread(
+                    pending.commit, envelope, content,
+                    queue=HOLD if disposition is Disposition.HOLD else INCOMING,
+                )
+            except QueueWriteError as exc:
+                self.log.warning(f"{pending.queue_id}: queue file write error: {exc}")
+                tx.pending = None
+                self.conn.send(replies.QUEUE_WRITE_ERROR)
+                return
+            if disposition is not Disposition.HOLD:
+                wake_qmgr(ctx.qmgr_wake)  # new mail: qmgr need not wait for its next scan
         tx.pending = None
-        wake_qmgr(ctx.qmgr_wake)  # new mail: the queue manager need not wait for its next scan
         self.proto.counters.messages_accepted += 1
         self.log.message_id(queue_id, message_id or "")
         if ev.chunked:
@@ -568,8 +612,17 @@ class Session:
             mechanism=ev.mechanism,
             offered=list(self.conn.auth_mechanisms()),
             response_limit=ctx.settings.sasl_response_limit,
+            channel_bindings=self._channel_bindings(),
+            hostname=ctx.myhostname,
         )
         await self._auth_step(self.exchange.start(ev.initial_response))
+
+    def _channel_bindings(self) -> dict[str, bytes]:
+        """What SCRAM -PLUS can bind to on this connection (nothing before TLS)."""
+        transport = self.proto.transport
+        if not self.conn.tls_active or transport is None:
+            return {}
+        return channel_binding.channel_bindings(transport.get_extra_info("ssl_object"))
 
     async def _auth_response(self, ev: smtp.AuthResponse) -> None:
         if self.exchange is None:  # pragma: no cover - the engine only sends these mid-exchange
@@ -577,10 +630,25 @@ class Session:
             return
         await self._auth_step(self.exchange.respond(ev.line))
 
-    async def _auth_step(self, action: Challenge | Verify | Outcome) -> None:
+    async def _auth_step(self, action: Challenge | Verify | Lookup | Outcome) -> None:
         exchange = self.exchange
         assert exchange is not None
         ctx = self.ctx
+        backend_log: str | None = None
+        if isinstance(action, Lookup):
+            # SCRAM / CRAM-MD5: only a verifier with stored secrets (the user database) has them
+            assert ctx.sasl is not None
+            lookup_secret = getattr(ctx.sasl.verifier, "lookup_secret", None)
+            try:
+                secret, note = (
+                    await lookup_secret(action.authcid, action.scheme)
+                    if lookup_secret is not None
+                    else (None, f"{ctx.sasl.verifier!r} has no stored {action.scheme} secrets")
+                )
+                action = exchange.looked_up(secret, note=note)
+            except AuthBackendError as exc:
+                backend_log = exc.log_line
+                action = exchange.backend_failed(exc.detail)
         if isinstance(action, Challenge):
             self.conn.send(action.reply)
             return
@@ -597,12 +665,15 @@ class Session:
                     secured=self.conn.tls_active,
                 )
                 action = exchange.verified(ok)
+            except AuthRejected as exc:
+                action = exchange.verified(False, reason=exc.reason)
             except AuthBackendError as exc:
+                backend_log = exc.log_line
                 action = exchange.backend_failed(exc.detail)
         outcome = action
         self.exchange = None
         if outcome.backend_detail:
-            self.log.warning(f"SASL authentication failure: {outcome.backend_detail}")
+            self.log.warning(backend_log or f"SASL authentication failure: {outcome.backend_detail}")
         if outcome.log_warning:
             self.log.warning(f"{self.client}: {outcome.log_warning}")
         if outcome.success:

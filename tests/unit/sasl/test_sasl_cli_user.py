@@ -66,7 +66,8 @@ def test_errors_are_one_clear_line_and_exit_1(config: Path) -> None:
 
 
 def test_usage(config: Path) -> None:
-    usage = "usage: postillion -c DIR user add NAME | del NAME | passwd NAME | list\n"
+    usage = ("usage: postillion -c DIR user add NAME | del NAME | passwd NAME | list\n"
+             "       postillion -c DIR user import-sasldb FILE | import-passwd-file FILE\n")
     assert run(config) == (2, "", usage)
     assert run(config, "frob") == (2, "", "postillion: unknown user command 'frob'\n" + usage)
     assert run(config, "add") == (2, "", "postillion: user add takes one user name\n" + usage)

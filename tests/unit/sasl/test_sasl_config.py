@@ -133,7 +133,8 @@ def test_no_conf_file_means_user_database(tmp_path: Path) -> None:
     server = make_sasl_server(params(tmp_path, postillion_user_database="users.sqlite"))
     assert isinstance(server.verifier, UserDBVerifier)
     assert server.verifier.path == tmp_path / "users.sqlite"
-    assert server.mechanisms == ["PLAIN", "LOGIN"]
+    assert server.mechanisms == [
+        "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1", "PLAIN", "LOGIN"]
     assert server.description == (
         f"postillion user database {tmp_path}/users.sqlite (no smtpd.conf in {tmp_path}/sasl)"
     )
@@ -153,7 +154,8 @@ def test_saslauthd_conf(tmp_path: Path) -> None:
     assert isinstance(v, SaslauthdVerifier)
     assert (v.socket_path, v.service, v.realm) == ("/run/x/mux", "submission", "example.org")
     assert server.mechanisms == ["LOGIN", "PLAIN"]
-    assert server.notes == [f"{path}: mech_list: cram-md5 is not supported by postillion; ignored"]
+    assert server.notes == [f"{path}: mech_list: cram-md5 needs stored secrets, but saslauthd "
+                            "checks only plaintext passwords; ignored (use pwcheck_method: auxprop)"]
     assert server.description == f"saslauthd /run/x/mux (from {path})"
 
 
@@ -203,10 +205,21 @@ def test_authdaemond_is_refused(tmp_path: Path) -> None:
         make_sasl_server(params(tmp_path))
 
 
-def test_dovecot_not_supported_yet(tmp_path: Path) -> None:
+def test_dovecot_type_gives_a_dovecot_verifier(tmp_path: Path) -> None:
+    server = make_sasl_server(params(tmp_path, smtpd_sasl_type="dovecot",
+                                     smtpd_sasl_path="inet:127.0.0.1:1"))
+    assert repr(server.verifier) == "DovecotVerifier('inet:127.0.0.1:1')"
+    assert server.mechanisms == ["PLAIN", "LOGIN"]  # unreachable at startup: assumed
+    assert server.notes == [
+        "Connect to Dovecot auth socket 'inet:127.0.0.1:1' failed: Connection refused; "
+        "offering PLAIN LOGIN until it answers"]
+
+
+def test_unknown_sasl_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        make_sasl_server(params(tmp_path, smtpd_sasl_type="dovecot"))
-    assert (info.value.name, info.value.message) == ("smtpd_sasl_type", "not supported yet")
+        make_sasl_server(params(tmp_path, smtpd_sasl_type="kerberos"))
+    assert (info.value.name, info.value.message) == (
+        "smtpd_sasl_type", "unknown SASL server type 'kerberos'")
 
 
 # --- offered_mechanisms ------------------------------------------------------------------------
@@ -286,10 +299,10 @@ def test_check_quiet_when_socket_is_there(tmp_path: Path) -> None:
 def test_main_cf_errors_point_at_the_line(tmp_path: Path) -> None:
     from postillion.config import load_config
 
-    (tmp_path / "main.cf").write_text("# x\nsmtpd_sasl_type = dovecot\n")
+    (tmp_path / "main.cf").write_text("# x\nsmtpd_sasl_type = dovcot\n")
     with pytest.raises(ConfigError) as info:
         make_sasl_server(load_config(tmp_path).params())
     assert str(info.value) == (
-        f"{tmp_path}/main.cf:2: smtpd_sasl_type: not supported yet; use smtpd_sasl_type = cyrus "
-        "with saslauthd or the postillion user database"
+        f"{tmp_path}/main.cf:2: smtpd_sasl_type: unknown SASL server type 'dovcot'; "
+        "use cyrus or dovecot"
     )
