@@ -23,8 +23,14 @@ commands:
   start [--foreground]      start the mail system (refuses a config that `check` rejects)
   stop | reload | status    stop it, re-read the configuration, show processes and counts
   check                     validate main.cf, master.cf and smtpd.conf
+  doctor [--user U --password-stdin] [--service S] [--json]   test the running service
   postconf [FLAGS] [NAME]   Postfix's postconf: -n -d -h -x -e -X -a -A -M -P
   user add|del|list|passwd  manage the embedded user store
+  user import-sasldb|import-passwd-file FILE   move users over from Cyrus sasldb2 / Dovecot
+  user alias add|del|list USER ADDR   sender addresses a user owns (reject_sender_login_mismatch)
+  saslauthd -a pam|shadow|userdb|rimap [-m DIR] ...   Cyrus saslauthd(8), drop-in
+  testsaslauthd -u U -p P [-s S] [-f SOCKET]           Cyrus testsaslauthd(8)
+  auth-server [--listen unix:PATH|inet:H:P]  serve the Dovecot auth protocol (for Postfix)
   queue [-j]                the mail queue, like mailq / postqueue -p (-j: JSON lines)
   flush                     retry deferred mail now
   delete|hold|release|requeue ID|ALL   like postsuper -d / -h / -H / -r
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from postillion.cli import postconf
 
         return postconf.main(config_dir, rest)
+    if command == "user" and rest[:1] == ["alias"]:
+        from postillion.cli import user_alias
+
+        return user_alias.main(config_dir, rest[1:])
     if command == "user":
         from postillion.cli import user
 
@@ -78,10 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         from postillion.cli import sendmail
 
         return sendmail.main(config_dir, rest)
+    if command == "auth-server":
+        from postillion.cli import auth_server
+
+        return auth_server.main(config_dir, rest)
+    if command in ("saslauthd", "testsaslauthd"):  # issue 5: drop-ins for Cyrus's programs
+        from postillion.cli import saslauthd, testsaslauthd
+
+        if command == "saslauthd":
+            return saslauthd.main(config_dir, rest)
+        return testsaslauthd.main(rest)
     if command == "check":
         from postillion.cli import check
 
         return check.main(config_dir, rest)
+    if command == "doctor":  # issue 5: the recipe's "Test" section against the live service
+        from postillion.cli import doctor
+
+        return doctor.main(config_dir, rest)
     if command in ("start", "stop", "reload", "status"):
         from postillion.cli import daemon
 

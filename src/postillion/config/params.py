@@ -254,6 +254,23 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("smtp_sasl_auth_soft_bounce", "bool", "yes", "Turn a 5xx AUTH failure into a temporary one"),
     ("postillion_dns_servers", "list", "",
      "Name servers (ip or ip:port) for MX/A/AAAA lookups (empty: the system resolver)"),
+    # --- smtp client details (delivery/smtp.py, conncache.py, mime8.py, dns.py)
+    ("smtp_connection_cache_on_demand", "bool", "yes",
+     "Keep SMTP connections open for reuse (postillion: every clean session, no backlog signal)"),
+    ("smtp_connection_cache_destinations", "list", "",
+     "Destinations whose SMTP connections are always cached (literal nexthops or hosts; no tables)"),
+    ("smtp_connection_cache_time_limit", "time", "2s", "How long an unused SMTP connection stays cached"),
+    ("smtp_connection_reuse_time_limit", "time", "300s",
+     "How long after it was opened an SMTP connection may still be reused"),
+    ("smtp_connection_reuse_count_limit", "int", "0",
+     "How many times an SMTP connection may be reused (0: no limit)"),
+    ("smtp_rset_timeout", "time", "20s", "Time limit for the reply to an RSET (probe or final)"),
+    ("smtp_defer_if_no_mx_address_found", "bool", "no",
+     "Defer instead of bounce when no MX host has a usable address"),
+    ("disable_mime_output_conversion", "bool", "no",
+     "Send 8-bit mail as is to servers without 8BITMIME (no quoted-printable downgrade)"),
+    ("mime_nesting_limit", "int", "100", "Maximal MIME multipart/message nesting the downgrade follows"),
+    ("mime_boundary_length_limit", "int", "2048", "Maximal MIME boundary length the downgrade looks at"),
     # --- queue admin commands (cli/queue.py: mailq, postqueue -j, postsuper, postcat)
     ("empty_address_recipient", "str", "MAILER-DAEMON", "Shown for the null sender in queue listings"),
     # --- bounce and delivery status notifications (cleanup/bounce.py)
@@ -264,7 +281,7 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("delay_notice_recipient", "str", "postmaster", "Recipient of postmaster copies of delay warnings"),
     ("double_bounce_sender", "str", "double-bounce", "Sender of postmaster notices (mail to it is discarded)"),
     # --- local, virtual and lmtp delivery (delivery/local.py, virtual.py, lmtp.py, aliases.py)
-    ("home_mailbox", "str", "Maildir/", "Mailbox under the home directory; postillion delivers only to a Maildir (trailing /)"),
+    ("home_mailbox", "str", "", "Mailbox under the home directory (trailing /: Maildir); empty: mbox in mail_spool_directory"),
     ("mailbox_command", "str", "", "External command for local mailbox delivery (not supported: set, recipients are deferred)"),
     ("propagate_unmatched_extensions", "list", "canonical, virtual", "Where an unmatched address extension is propagated to the lookup result"),
     ("virtual_alias_recursion_limit", "int", "1000", "Maximal nesting depth of virtual alias expansion"),
@@ -283,6 +300,16 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
     ("lmtp_data_xfer_timeout", "time", "180s", "Time limit for sending the message content"),
     ("lmtp_data_done_timeout", "time", "600s", "Time limit for each reply after the final dot"),
     ("lmtp_quit_timeout", "time", "300s", "Time limit for the QUIT reply"),
+    # --- local(8) mailboxes, files and commands (delivery/local.py, delivery/mbox.py)
+    ("mail_spool_directory", "str", "/var/mail", "UNIX mailbox directory when home_mailbox is empty (ending in /: Maildir)"),
+    ("mailbox_delivery_lock", "list", "fcntl, dotlock", "How mbox files are locked: fcntl, dotlock"),
+    ("deliver_lock_attempts", "int", "20", "How often to try to lock a mailbox before deferring"),
+    ("deliver_lock_delay", "time", "1s", "Time between mailbox lock attempts"),
+    ("stale_lock_time", "time", "500s", "Age after which a mailbox dotlock file is removed"),
+    ("default_privs", "str", "nobody", "Rights for deliveries to files and commands of root-owned aliases"),
+    ("allow_mail_to_commands", "list", "alias, forward", "Where |command destinations are allowed (alias, forward, include)"),
+    ("allow_mail_to_files", "list", "alias, forward", "Where /file destinations are allowed (alias, forward, include)"),
+    ("command_time_limit", "time", "1000s", "Time limit for delivery to an external command"),
     # --- sendmail and pickup (cli/sendmail.py, queue/maildrop.py)
     ("message_drop_headers", "list", "bcc, content-length, resent-bcc, return-path",
      "Headers removed from mail submitted with sendmail (by pickup)"),
@@ -290,12 +317,28 @@ PARAMETERS: dict[str, ParamSpec] = _spec_list([
      "Form of the From: added with a full name: standard (Name <a@b>) or obsolete (a@b (Name))"),
     ("sendmail_fix_line_endings", "str", "always",
      "Remove CR before LF in sendmail input: always, strict (if the first line has one), never"),
+    # --- content inspection and always_bcc (cleanup/checks.py, cleanup/content.py)
+    ("header_checks", "list", "", "Tables with header checks for the primary message headers"),
+    ("mime_header_checks", "list", "$header_checks", "Tables with header checks for MIME headers"),
+    ("nested_header_checks", "list", "$header_checks",
+     "Tables with header checks for the headers of attached messages"),
+    ("body_checks", "list", "", "Tables with checks for message body lines"),
+    ("body_checks_size_limit", "size", "51200",
+     "Bytes of each body segment (attachment) subjected to body_checks (0: all)"),
+    ("disable_mime_input_processing", "bool", "no",
+     "Treat everything after the primary headers as body (no MIME header classes)"),
+    ("always_bcc", "str", "", "Address that receives a copy of every message (NOTIFY=NEVER)"),
     # --- postillion's own
     ("postillion_worker_processes", "int", "0", "Server worker processes (0: number of CPUs)"),
     ("postillion_user_database", "str", "$data_directory/users.sqlite", "SQLite user database for SASL"),
     ("postillion_auth_cache_ttl", "time", "3600s",
      "How long a successful login to the user store is remembered (0: never; like saslauthd -c)"),
     ("postillion_syslog_enable", "bool", "no", "Also log to syslog when maillog_file is set"),
+    # --- SCRAM / CRAM-MD5 secrets in the user database (sasl/userdb.py, sasl/verifiers.py)
+    ("postillion_scram_iterations", "int", "4096",
+     "PBKDF2 iteration count for the SCRAM-SHA-1/-256 keys stored when a password is set"),
+    ("postillion_cram_md5_enable", "bool", "no",
+     "Store a CRAM-MD5 secret (password-equivalent) when a password is set, and offer CRAM-MD5"),
 ])
 
 OWN_PREFIX = "postillion_"
@@ -332,7 +375,8 @@ RESTRICTION_PARAMETERS: tuple[str, ...] = (
     "smtpd_end_of_data_restrictions",
 )
 # Lookup table types postillion.tables can open.
-SUPPORTED_TABLE_TYPES: frozenset[str] = frozenset({"inline", "static", "texthash", "unix", "proxy"})
+SUPPORTED_TABLE_TYPES: frozenset[str] = frozenset({"inline", "static", "texthash", "unix", "proxy",
+                                                   "regexp", "pcre", "sqlite", "postillion"})
 
 _TRUE = "yes"
 _FALSE = "no"
