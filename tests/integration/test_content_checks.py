@@ -119,3 +119,55 @@ def test_redirect_replaces_recipients(srv: Server) -> None:
     assert code == 250
     env, _ = queued(srv, reply)
     assert [r.address for r in env.recipients] == ["boss@example.org", "archive@example.org"]
+
+
+def test_sendmail_reject_bounces_to_the_sender() -> None:
+    """Local mail cannot get a 5xx: pickup's cleanup bounces it, as Postfix does for pickup."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from harness import free_port
+
+    server = make_server({"header_checks": "regexp:header_checks",
+                          "relayhost": f"[127.0.0.1]:{free_port()}"}, qmgr=True)  # nobody listens
+    (server.config_dir / "header_checks").write_text(HEADER_CHECKS)
+    server.start()
+    try:
+        maildrop = server.config_dir / "data" / "spool" / "maildrop"
+        deadline = time.monotonic() + 20
+        while not maildrop.is_dir():
+            assert time.monotonic() < deadline, "no maildrop directory"
+            time.sleep(0.05)
+        start = server.mark()
+        done = subprocess.run(
+            [sys.executable, "-m", "postillion", "-c", str(server.config_dir), "sendmail",
+             "-f", "someone@example.net", "boss@example.org"],
+            input=b"Subject: reject me\nFrom: someone@example.net\n\nhello\n",
+            capture_output=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        found = server.wait_for_log(r"postfix/bounce\[\d+\]: (\w+): sender non-delivery "
+                                    r"notification: (\w+)$", start=start)
+        old_id, new_id = found.groups()
+        lines = server.log_lines(start)
+        assert (f"postfix/cleanup: {old_id}: reject: header Subject: reject me from local; "
+                "from=<someone@example.net> to=<boss@example.org>: 5.7.1 message content rejected"
+                ) in [re.sub(r"\[\d+\]", "", x) for x in lines]
+        # the notice waits for the (absent) relayhost: read it from the queue
+        deadline = time.monotonic() + 20
+        spool = server.config_dir / "data" / "spool"
+        while not any((spool / q / new_id).exists() for q in ("incoming", "active", "deferred")):
+            assert time.monotonic() < deadline, "notice not queued"
+            time.sleep(0.05)
+        path = next(spool / q / new_id for q in ("incoming", "active", "deferred")
+                    if (spool / q / new_id).exists())
+        envelope, content = decode(path.read_bytes())
+        assert envelope.sender == ""
+        assert [r.address for r in envelope.recipients] == ["someone@example.net"]
+        assert b"Content-Type: message/delivery-status" in content
+        assert b"Final-Recipient: rfc822; boss@example.org" in content
+        assert b"Status: 5.7.1" in content
+        assert b"Diagnostic-Code: X-Postfix; message content rejected" in content
+    finally:
+        cleanup(server)

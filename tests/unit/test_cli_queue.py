@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pwd
+import re
 import socket
 import time
 from pathlib import Path
@@ -187,6 +188,17 @@ def test_delete_one_and_all(config: Path, store: QueueStore) -> None:
     assert store.locate(HOLD_ID) is None
     assert run(config, "delete", "ALL") == (0, "", "postsuper: Deleted: 2 messages\n")
     assert run(config, "queue")[1] == "Mail queue is empty\n"
+
+
+def test_postsuper_lines_go_to_the_mail_log_too(config: Path, store: QueueStore) -> None:
+    with (config / "main.cf").open("a") as f:
+        f.write(f"maillog_file = {config}/maillog\nmyhostname = mx.example.test\n")
+    assert run(config, "hold", DEFERRED_ID)[0] == 0
+    lines = (config / "maillog").read_text().splitlines()
+    assert [re.sub(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d ", "", line) for line in lines] == [
+        f"mx postfix/postsuper[{os.getpid()}]: {DEFERRED_ID}: placed on hold",
+        f"mx postfix/postsuper[{os.getpid()}]: Placed on hold: 1 message",
+    ]
 
 
 def test_delete_from_stdin_and_bad_ids(config: Path, store: QueueStore) -> None:

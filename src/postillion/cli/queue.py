@@ -45,6 +45,8 @@ from postillion.queue.store import (
     QueueEntry,
     QueueStore,
 )
+from postillion.server.proclog import LogSinks
+from postillion.server.supervisor import log_sinks
 
 USAGE = """\
 usage: postillion -c DIR queue [-j]              list the queue (mailq, postqueue -p / -j)
@@ -371,15 +373,26 @@ def flush(config_dir: Path, *, now: Callable[[], float] = time.time) -> int:
 def _postsuper(
     config_dir: Path, command: str, target: str, queues: list[str], *, stdin: TextIO, stderr: TextIO
 ) -> int:
-    def say(text: str) -> None:
-        print(f"postsuper: {text}", file=stderr)
-
     if os.getuid() != 0:
         raise _Fatal("postsuper", "use of this command is reserved for the superuser")
     for q in queues:
         if q not in QUEUE_NAMES:
             raise _Fatal("postsuper", f"invalid directory name: {q}")
-    store = open_store(_params(config_dir))
+    params = _params(config_dir)
+    store = open_store(params)
+    # Like Postfix's postsuper: every line to the mail log too, so the log tells who removed
+    # or held what (postsuper also prints them, on stderr).
+    try:
+        sinks: LogSinks | None = log_sinks(params)
+    except OSError:
+        sinks = None
+    tag = f"{params.get('syslog_name') or 'postfix'}/postsuper"
+
+    def say(text: str) -> None:
+        print(f"postsuper: {text}", file=stderr)
+        if sinks is not None:
+            sinks.emit(tag, text)
+
     search = tuple(queues) or _POSTSUPER_DEFAULT_QUEUES[command]
     count = 0
     try:
@@ -405,6 +418,8 @@ def _postsuper(
     except (QueueWriteError, OSError) as exc:
         raise _Fatal("postsuper", str(exc)) from exc  # msg_fatal: no summary line
     say(f"{_POSTSUPER_SUMMARY[command]}: {count} message{'' if count == 1 else 's'}")
+    if sinks is not None:
+        sinks.close()
     return 0
 
 

@@ -75,7 +75,8 @@ from postillion.config import Params
 from postillion.errors import PostillionError, QueueWriteError
 from postillion.maillog import printable
 from postillion.queue.envelope import NOTIFY_VALUES, Envelope, Recipient
-from postillion.queue.store import CORRUPT, HOLD, INCOMING, QueueStore
+from postillion.queue.record import RecipientStatus
+from postillion.queue.store import CORRUPT, HOLD, INCOMING, QueueEntry, QueueStore
 
 MAILDROP = "maildrop"
 MAILDROP_DIR_MODE = 0o1733  # Postfix: 1730 root:postdrop; we have no setgid postdrop program
@@ -514,6 +515,8 @@ class Pickup:
     settings: PickupSettings
     log: PickupLog
     on_queued: Callable[[str], None] | None = None
+    # Gets a rejected message (never queued) whose recipients all carry the bounce status.
+    on_rejected: Callable[[tuple[QueueEntry, list[RecipientStatus]]], None] | None = None
     clock: Callable[[], float] = time.time
     login_of: Callable[[int], str | None] = login_name
     _skip: set[tuple[int, int, int]] = field(default_factory=set)
@@ -634,8 +637,12 @@ class Pickup:
         if result.filter is not None:
             self._warn(f"{queue_id}: FILTER {result.filter} ignored: no content_filter support")
         if result.disposition is Disposition.REJECT:
-            # Postfix bounces it to the sender; postillion (not yet) only logs the reject.
+            # Local mail cannot get a 5xx: like Postfix's cleanup for pickup, bounce it to the
+            # sender (queued before the maildrop file goes, so a crash repeats rather than loses).
+            if self.on_rejected is not None:
+                self.on_rejected(self._rejected_entry(queue_id, sub, result))
             self._remove(name, st)
+            self.log.info(f"{queue_id}: removed", process="qmgr")
             return None
         if result.disposition is not Disposition.DISCARD:
             self.log.info(message_id_line(queue_id, sub.message_id), process="cleanup")
@@ -643,6 +650,19 @@ class Pickup:
         if self.on_queued is not None and result.disposition is Disposition.ACCEPT:
             self.on_queued(queue_id)
         return queue_id
+
+    def _rejected_entry(self, queue_id: str, sub: Submission,
+                        result: CheckResult) -> tuple[QueueEntry, list[RecipientStatus]]:
+        reply = result.reply
+        dsn = (reply.enhanced if reply is not None and reply.enhanced else "5.7.1")
+        text = reply.text if reply is not None else "message content rejected"
+        envelope = dataclasses.replace(sub.envelope, queue_id=queue_id)
+        now = self.clock()
+        failed = [RecipientStatus(rcpt=i, status="bounced", dsn=dsn, relay="none", text=text,
+                                  time=now) for i in range(len(envelope.recipients))]
+        entry = QueueEntry(queue_id=queue_id, queue=INCOMING, envelope=envelope,
+                           content=sub.content, statuses=[])
+        return entry, failed
 
     def _inspect(self, drop: DropFile, sub: Submission, st: os.stat_result, queue_id: str,
                  posted: datetime.datetime) -> tuple[CheckResult, Submission]:

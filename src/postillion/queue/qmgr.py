@@ -309,6 +309,20 @@ class QueueManager:
                 to = "sender" if notice.sender == "" else "postmaster"
                 self.log.notification(entry.queue_id, _NOTICE_LOG[kind], new_id, to=to)
 
+    def bounce_unqueued(self, entry: QueueEntry, failed: list[RecipientStatus]) -> None:
+        """Non-delivery notices for a message that never entered the queue: local submissions
+        that cleanup rejected (Postfix's CLEANUP_FLAG_BOUNCE: pickup mail cannot be answered
+        with a 5xx, so the sender gets a bounce).  Blocking; the caller then drops the input."""
+        if self.bounce is None:
+            return
+        pairs = [(entry.envelope.recipients[st.rcpt], st) for st in failed]
+        for notice in self.bounce("failure", entry, pairs, self.clock()):
+            new_id = self._queue_notice(notice)
+            if new_id is not None:
+                to = "sender" if notice.sender == "" else "postmaster"
+                self.log.notification(entry.queue_id, _NOTICE_LOG["failure"], new_id, to=to)
+        self.wake()
+
     def _queue_notice(self, notice: Notice) -> str | None:
         with self.store.begin() as pending:
             message = notice.build(pending.queue_id)

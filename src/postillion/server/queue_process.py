@@ -231,7 +231,8 @@ async def _serve(cfg: Configuration, wctx: Any) -> int:
             agents=agents,
             log=log, bounce=bounce_builder(params), transport_lookup=transport_lookup(params),
         )
-        pickup = Pickup(store, pickup_settings(params), log, on_queued=lambda _id: qmgr.wake())
+        pickup = Pickup(store, pickup_settings(params), log, on_queued=lambda _id: qmgr.wake(),
+                        on_rejected=lambda rejected: qmgr.bounce_unqueued(*rejected))
         pickup_woken = asyncio.Event()
 
         def on_wake(data: bytes) -> None:

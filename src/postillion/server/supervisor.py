@@ -762,12 +762,7 @@ def run_supervisor(config_dir: Path | str, worker_main: WorkerMain, *, foregroun
         return 1
     params = cfg.params()
     try:
-        maillog_file = params.path("maillog_file")
-        # Postfix's postlogd writes the first label of $myhostname, not the kernel's host name.
-        sinks = LogSinks(stderr=foreground and not detached, maillog_file=maillog_file,
-                         hostname=(params.get("myhostname").split(".")[0] or None),
-                         syslog_also=_bool_param(params, "postillion_syslog_enable"),
-                         facility=params.get("syslog_facility") or "mail")
+        sinks = log_sinks(params, stderr=foreground and not detached)
     except OSError as exc:
         print(f"postillion: fatal: open {params.get('maillog_file')}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -817,6 +812,16 @@ def run_supervisor(config_dir: Path | str, worker_main: WorkerMain, *, foregroun
     finally:
         pid_file.release()
         sinks.close()
+
+
+def log_sinks(params: Any, *, stderr: bool = False) -> LogSinks:
+    """Where main.cf sends log lines (maillog_file, syslog); OSError when the file cannot be
+    opened.  Also for commands that log like Postfix's postsuper."""
+    # Postfix's postlogd writes the first label of $myhostname, not the kernel's host name.
+    return LogSinks(stderr=stderr, maillog_file=params.path("maillog_file"),
+                    hostname=(params.get("myhostname").split(".")[0] or None),
+                    syslog_also=_bool_param(params, "postillion_syslog_enable"),
+                    facility=params.get("syslog_facility") or "mail")
 
 
 def _bool_param(params: Any, name: str) -> bool:
