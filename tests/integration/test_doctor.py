@@ -48,7 +48,7 @@ def green_lines(server: Server, service: str = "submission", how: str = "STARTTL
         f"✔ SASL backend (postillion user database {etc}/data/users.sqlite, from {etc}/sasl/smtpd.conf)",
         "✔ user database (1 user)",
         "✔ user database password check (alice)",
-        "✔ mech_list (PLAIN LOGIN)",
+        "✔ mech_list (SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN)",
         "✔ AUTH PLAIN over TLS (235 2.7.0 Authentication successful)",
         "✔ AUTH LOGIN over TLS (235 2.7.0 Authentication successful)",
         f"✔ relay without AUTH refused ({CLIENT_REJECTED})",
@@ -108,7 +108,7 @@ def test_nothing_listens(server: Server) -> None:
         f"    fix: start postillion: postillion -c {etc} start",
         f"✔ SASL backend (postillion user database {etc}/data/users.sqlite, from {etc}/sasl/smtpd.conf)",
         "✔ user database (1 user)",
-        "✔ mech_list (PLAIN LOGIN)",
+        "✔ mech_list (SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN)",
         "- not checked: TLS, certificate, AUTH and relay (nothing listens)",
         "- not checked: passwords, AUTH PLAIN and AUTH LOGIN (give --user U --password-stdin)",
     ]
@@ -203,7 +203,7 @@ def test_auth_offered_in_clear_text(port25: Server) -> None:
     i = lines.index("✘ no AUTH before TLS")
     assert lines[i:i + 3] == [
         "✘ no AUTH before TLS",
-        ("    AUTH offered before TLS (250-AUTH PLAIN LOGIN): passwords can cross the network in "
+        ("    AUTH offered before TLS (250-AUTH SCRAM-SHA-256 PLAIN LOGIN): passwords can cross the network in "
         "clear text"),
         ("    fix: smtpd_tls_auth_only = yes or smtpd_tls_security_level = encrypt on that service "
         f"(master.cf, under {label}: -o smtpd_tls_auth_only=yes), then postillion -c "

@@ -26,7 +26,7 @@ EHLO_PLAIN = [  # Postfix 3.7, STARTTLS offered, no AUTH before TLS
 ]
 EHLO_TLS_AUTH = [
     f"250-{HOSTNAME}", "250-PIPELINING", "250-SIZE 10240000", "250-VRFY", "250-ETRN",
-    "250-AUTH PLAIN LOGIN", "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250-DSN", "250-SMTPUTF8",
+    "250-AUTH SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN", "250-ENHANCEDSTATUSCODES", "250-8BITMIME", "250-DSN", "250-SMTPUTF8",
     "250 CHUNKING",
 ]
 TLS_LINE = re.compile(
@@ -316,7 +316,7 @@ def test_smtplib_starttls_login(mta: Server) -> None:
     with smtplib.SMTP("127.0.0.1", mta.ports["submission"], local_hostname=HELO, timeout=10) as s:
         assert s.starttls(context=client_context()) == (220, b"2.0.0 Ready to start TLS")
         s.ehlo(HELO)
-        assert s.esmtp_features["auth"] == " PLAIN LOGIN"
+        assert s.esmtp_features["auth"] == " SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN"
         assert s.login("alice", PASSWORD) == (235, b"2.7.0 Authentication successful")
         assert s.mail("alice@mail.example.test") == (250, b"2.1.0 Ok")
         assert s.rcpt("carol@example.org") == (250, b"2.1.5 Ok")

@@ -444,24 +444,29 @@ def auth_plain(user: str, password: str) -> str:
     return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-EHLO_AFTER_TLS = [
-    f"250-{HOSTNAME}",
-    "250-PIPELINING",
-    "250-SIZE 10240000",
-    "250-VRFY",
-    "250-ETRN",
-    "250-AUTH PLAIN LOGIN",
-    "250-ENHANCEDSTATUSCODES",
-    "250-8BITMIME",
-    "250-DSN",
-    "250-SMTPUTF8",
-    "250 CHUNKING",
-]
+def ehlo_after_tls(server: Postillion) -> list[str]:
+    """The EHLO reply after STARTTLS; AUTH lists smtpd.conf's mech_list (init's has SCRAM, the
+    saslauthd ones PLAIN LOGIN)."""
+    conf = (server.config_dir / "sasl" / "smtpd.conf").read_text()
+    mechs = re.search(r"^mech_list: (.*)$", conf, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    return [
+        f"250-{HOSTNAME}",
+        "250-PIPELINING",
+        "250-SIZE 10240000",
+        "250-VRFY",
+        "250-ETRN",
+        f"250-AUTH {mechs.upper()}",
+        "250-ENHANCEDSTATUSCODES",
+        "250-8BITMIME",
+        "250-DSN",
+        "250-SMTPUTF8",
+        "250 CHUNKING",
+    ]
 
 
-def submit(client: OpensslClient, user: str, password: str) -> str:
+def submit(server: Postillion, client: OpensslClient, user: str, password: str) -> str:
     """EHLO, AUTH PLAIN, one message, QUIT; the queue id."""
-    assert client.command("EHLO client.example.test") == EHLO_AFTER_TLS
+    assert client.command("EHLO client.example.test") == ehlo_after_tls(server)
     assert client.command(auth_plain(user, password)) == ["235 2.7.0 Authentication successful"]
     assert client.command(f"MAIL FROM:<{user}@{HOSTNAME}>") == ["250 2.1.0 Ok"]
     assert client.command("RCPT TO:<friend@remote.test>") == ["250 2.1.5 Ok"]
@@ -528,7 +533,7 @@ def wrong_password_session(user: str) -> list[str]:
 def check_wrong_password(server: Postillion, user: str, password: str) -> None:
     start = server.mark()
     client = OpensslClient(server.submission, starttls=True)
-    assert client.command("EHLO client.example.test") == EHLO_AFTER_TLS
+    assert client.command("EHLO client.example.test") == ehlo_after_tls(server)
     assert client.command(auth_plain(user, password + "x")) == [
         "535 5.7.8 Error: authentication failed: authentication failure"]
     assert client.command("QUIT") == ["221 2.0.0 Bye"]
@@ -539,7 +544,7 @@ def check_wrong_password(server: Postillion, user: str, password: str) -> None:
 def check_submission(server: Postillion, user: str, password: str) -> None:
     """Step 5 and 6: the recipe's openssl test and the log lines it must leave."""
     start = server.mark()
-    queue_id = submit(OpensslClient(server.submission, starttls=True), user, password)
+    queue_id = submit(server, OpensslClient(server.submission, starttls=True), user, password)
     assert_session(session_log(server, "postfix/submission", start), successful_session(user, queue_id))
     assert len(server.queue_file(queue_id)) == 1
     check_wrong_password(server, user, password)
@@ -581,7 +586,7 @@ def test_recipe_saslauthd_pam_step_by_step(
     server.start()
     start = server.mark()
     client = OpensslClient(server.submission, starttls=True)
-    assert client.command("EHLO client.example.test") == EHLO_AFTER_TLS
+    assert client.command("EHLO client.example.test") == ehlo_after_tls(server)
     assert client.command(auth_plain(user, password)) == [
         "454 4.7.0 Temporary authentication failure: generic failure"]
     assert client.command("QUIT") == ["221 2.0.0 Bye"]
@@ -625,7 +630,8 @@ def test_recipe_embedded_user_store(make_postillion: Callable[[str | None], Post
     """No saslauthd: init's smtpd.conf (auxprop + postillion) and `postillion user add`."""
     server = make_postillion(None)
     assert (server.config_dir / "sasl" / "smtpd.conf").read_text().splitlines()[-3:] == [
-        "pwcheck_method: auxprop", "auxprop_plugin: postillion", "mech_list: PLAIN LOGIN"]
+        "pwcheck_method: auxprop", "auxprop_plugin: postillion",
+        "mech_list: SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN"]
     user, password = "alice", f"Pw-{secrets.token_urlsafe(9)}"
     postillion(server.config_dir, "user", "add", user, input=password + "\n")
     assert postillion(server.config_dir, "check").returncode == 0
@@ -662,6 +668,6 @@ def test_recipe_implicit_tls_465(
     start = server.mark()
     client = OpensslClient(server.smtps, starttls=False)
     assert client.reply() == [f"220 {HOSTNAME} ESMTP Postfix"]  # smtpd_banner, sent inside TLS
-    queue_id = submit(client, user, password)
+    queue_id = submit(server, client, user, password)
     assert_session(session_log(server, "postfix/smtps", start),
                    successful_session(user, queue_id, starttls=False))

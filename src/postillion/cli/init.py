@@ -96,9 +96,10 @@ SMTPD_CONF = """\
 # For saslauthd (PAM), use instead:
 #   pwcheck_method: saslauthd
 #   saslauthd_path: /var/run/saslauthd/mux
+# SCRAM needs the user store's keys: with saslauthd, list only PLAIN LOGIN.
 pwcheck_method: auxprop
 auxprop_plugin: postillion
-mech_list: PLAIN LOGIN
+mech_list: SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN LOGIN
 """
 
 
