@@ -144,3 +144,28 @@ def test_an_unprivileged_user_cannot_list_the_maildrop_and_usage_errors(relay: S
     proc = sendmail(relay, [], b"no recipients\n", user=USER)
     assert (proc.returncode, proc.stderr) == (
         64, b"sendmail: fatal: Recipient addresses must be specified on the command line or via the -t option\n")
+
+
+def test_bs_smtp_on_stdin_as_an_unprivileged_user(relay: Server, peer: Server) -> None:
+    """sendmail -bs: the SMTP dialogue on a pipe (LF line ends, as programs write them); every
+    message becomes a maildrop file whose name is the queue id of the 250 reply."""
+    pw = pwd.getpwnam(USER)
+    mark = relay.mark()
+    dialogue = (b"EHLO client.example\n"
+                b"MAIL FROM:<bs-sender@example.net>\n"
+                b"RCPT TO:<z@example.org>\n"
+                b"DATA\n"
+                b"Subject: via -bs\n\n..dot stuffed\nbody\n.\n"
+                b"QUIT\n")
+    proc = sendmail(relay, ["-bs"], dialogue, user=USER)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    replies = proc.stdout.decode().split("\r\n")
+    drop_name = re.fullmatch(r"250 2\.0\.0 Ok: queued as (\w+)", replies[-3]).group(1)  # type: ignore[union-attr]
+    assert replies[0] == f"220 {HOSTNAME} ESMTP Postfix"
+    assert replies[1] == f"250-{HOSTNAME}"
+    assert "250-AUTH" not in replies and "250-STARTTLS" not in replies
+    assert replies[-6:] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>",
+                            f"250 2.0.0 Ok: queued as {drop_name}", "221 2.0.0 Bye", ""]
+    _, _, content, env = delivered(relay, peer, mark, pw.pw_uid, "bs-sender@example.net")
+    assert (env.sender, [r.address for r in env.recipients]) == ("bs-sender@example.net", ["z@example.org"])
+    assert b"Subject: via -bs\r\n" in content and content.endswith(b"\r\n\r\n.dot stuffed\r\nbody\r\n")

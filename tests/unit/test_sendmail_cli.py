@@ -64,8 +64,8 @@ def test_ignored_options_consume_their_argument() -> None:
     (["-z"], "usage: sendmail [options]"),
     (["-f"], "usage: sendmail [options]"),
     (["-n", "a@x"], "-n option not supported"),
-    (["-bs"], "unsupported: -bs"),
     (["-bd"], "unsupported: -bd"),
+    (["-bv", "a@x"], "unsupported: -bv"),
     (["-B", "9BIT", "a@x"], "-B option needs 8BITMIME or 7BIT"),
     (["-oA", "a@x"], "-oA requires pathname"),
     (["-qX"], "-qX is not implemented"),
@@ -476,3 +476,12 @@ def test_sendmail_fatal_texts_and_exit_statuses(config: Path) -> None:
     (config / "main.cf").write_text("this is not main.cf syntax\n")
     status, err = run(config, ["x@remote.test"], b"x\n")
     assert status == 75 and err.startswith("sendmail: fatal: ")
+
+
+def test_bs_line_ends_across_reads() -> None:
+    """-bs: LF ends a line, CRLF stays CRLF, even when a read ends between CR and LF."""
+    from postillion.cli.sendmail_bs import _LineEnds
+
+    ends = _LineEnds()
+    assert [ends.feed(b"a\nb\r\nc\r"), ends.feed(b"\nd\n\n"), ends.feed(b""), ends.feed(b"\n")] == [
+        b"a\r\nb\r\nc\r", b"\nd\r\n\r\n", b"", b"\r\n"]

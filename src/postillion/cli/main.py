@@ -35,7 +35,7 @@ commands:
   flush                     retry deferred mail now
   delete|hold|release|requeue ID|ALL   like postsuper -d / -h / -H / -r
   show ID                   a queued message, like postcat -q
-  sendmail [-t] [-i] [-f S] [rcpt...]   Postfix's sendmail(1): submit a message from stdin
+  sendmail [-t] [-i] [-f S] [rcpt...] | -bs   Postfix's sendmail(1): a message (or SMTP, -bs) on stdin
 
 -c DIR is the configuration directory (default $POSTILLION_CONFIG or /etc/postillion).
 """

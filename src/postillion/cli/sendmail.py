@@ -11,8 +11,8 @@ Must not import: server (the maildrop is the interface to the running system).
 Follows: Postfix sendmail(1) and ``sendmail/sendmail.c`` (option table, ``enqueue()``, the
 ``msg_fatal_status`` texts and sysexits codes; any other fatal error exits EX_TEMPFAIL as
 ``msg_cleanup(tempfail)`` does), ``util/fullname.c`` (``$NAME`` or the GECOS field), RFC 5322
-section 3.6.3 (destination fields).  Not done: ``-bs`` (SMTP on stdin), ``-bv``, VERP (``-XV``),
-``-bd``/``-bi``; they fail with ``unsupported: -bX``.
+section 3.6.3 (destination fields).  ``-bs`` (SMTP on stdin) is ``cli.sendmail_bs``.  Not done:
+``-bv``, VERP (``-XV``), ``-bd``/``-bi``; they fail with ``unsupported: -bX``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from postillion.cleanup.headers import field_name, field_value, split_headers
-from postillion.config import load_config
+from postillion.config import Params, load_config
 from postillion.errors import ConfigError
 from postillion.queue import maildrop
 from postillion.queue.envelope import NOTIFY_VALUES
@@ -48,7 +48,7 @@ EX_NOPERM = 77
 GETOPT_LIST = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:r:q:tvx"  # sendmail.c GETOPT_LIST
 _TAKES_ARG = frozenset(c for c, nxt in zip(GETOPT_LIST, GETOPT_LIST[1:] + " ") if c != ":" and nxt == ":")
 _KNOWN = frozenset(GETOPT_LIST) - {":"}
-_UNSUPPORTED_B = "dsiv"  # daemon, SMTP on stdin, newaliases, address verification
+_UNSUPPORTED_B = "div"  # daemon, newaliases, address verification
 FIX_EOL_VALUES = ("always", "strict", "never")  # sendmail_fix_line_endings
 
 
@@ -68,7 +68,7 @@ class MessageTooBig(Exception):
 
 @dataclass
 class Options:
-    mode: str = "enqueue"  # enqueue | mailq | flush | ignore
+    mode: str = "enqueue"  # enqueue | mailq | flush | ignore | smtp (-bs)
     extract: bool = False  # -t
     dot_ends: bool = True  # SM_FLAG_AEOF; -i and -oi clear it
     sender: str | None = None  # -f / -r, as given
@@ -128,6 +128,8 @@ def _apply(opts: Options, c: str, arg: str | None) -> None:
             opts.mode = "mailq"
         elif mode in ("h", "H"):
             opts.mode = "ignore"
+        elif mode == "s":
+            opts.mode = "smtp"
         else:
             raise SendmailError(EX_USAGE, f"unsupported: -{c}{mode}")
     elif c in ("f", "r"):
@@ -344,6 +346,9 @@ def _run(config_dir: Path, argv: list[str], *, stdin: BinaryIO, stderr: TextIO, 
     if fix_eol not in FIX_EOL_VALUES:
         raise SendmailError(EX_USAGE, f"invalid sendmail_fix_line_endings value: {fix_eol}")
 
+    if opts.mode == "smtp":
+        return _smtp_on_stdio(params, queue_directory, size_limit, mail_owner)
+
     uid = os.getuid()
     try:
         entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
@@ -402,6 +407,31 @@ def _run(config_dir: Path, argv: list[str], *, stdin: BinaryIO, stderr: TextIO, 
     # Only root and mail_owner may use the wake-up socket; pickup scans every second anyway.
     wake_qmgr(socket_path(queue_directory), b"P")
     return EX_OK
+
+
+def _smtp_on_stdio(params: Params, queue_directory: Path, size_limit: int, mail_owner: str) -> int:
+    """``-bs``: SMTP on stdin/stdout; each message becomes a drop file as with plain sendmail."""
+    from postillion import smtp
+    from postillion.cli import sendmail_bs
+
+    directory = maildrop.maildrop_directory(queue_directory)
+
+    def submit(drop: maildrop.DropFile) -> str:
+        if os.geteuid() == 0 and not directory.is_dir():
+            maildrop.ensure_maildrop(queue_directory, owner=_owner(mail_owner))
+        name = maildrop.write_drop(directory, maildrop.encode_drop(drop))
+        wake_qmgr(socket_path(queue_directory), b"P")
+        return name
+
+    settings = smtp.Settings(
+        hostname=params.get("myhostname"),
+        message_size_limit=size_limit,
+        smtputf8_enable=params.get_bool("smtputf8_enable"),
+        forbid_unauth_pipelining=False,  # a local program on a pipe, not a spammer
+        forbid_bare_newline="no",  # programs write LF-only text into the pipe
+    )
+    return sendmail_bs.serve(sys.stdin.fileno(), sys.stdout.fileno(), settings=settings,
+                             banner=params.get("smtpd_banner"), submit=submit)
 
 
 def _owner(mail_owner: str) -> tuple[int, int] | None:
