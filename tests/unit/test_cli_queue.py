@@ -112,6 +112,30 @@ def test_queue_listing_is_postqueue_p(config: Path, store: QueueStore) -> None:
     assert run(config, "queue", "-p") == (0, MAILQ, "")
 
 
+def test_maildrop_is_listed_first_as_a_live_postfix_does(config: Path) -> None:
+    """Mail sendmail dropped but pickup has not taken yet: file name, file size, the sender
+    as given (or the owner's login, unqualified), the file's time; queue_name maildrop."""
+    from postillion.queue import maildrop
+
+    directory = maildrop.ensure_maildrop(config / "spool")
+    name = maildrop.write_drop(directory, maildrop.encode_drop(maildrop.DropFile(
+        recipients=("x@example.org",), content=b"Subject: t\r\n\r\nhi\r\n")))
+    os.utime(directory / name, (1795606696, 1795606696))
+    size = (directory / name).stat().st_size
+    login = pwd.getpwuid(os.getuid()).pw_name
+    code, out, err = run(config, "queue")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[:3] == [
+        "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------",
+        f"{name} {size:>7} {time.asctime(time.localtime(1795606696))[:-5]:20.20} {login}",
+        "                                         x@example.org",
+    ]
+    assert run(config, "queue", "-j")[1] == (
+        f'{{"queue_name": "maildrop", "queue_id": "{name}", "arrival_time": 1795606696, '
+        f'"message_size": {size}, "forced_expire": false, "sender": "{login}", '
+        '"recipients": [{"address": "x@example.org"}]}\n')
+
+
 def test_empty_queue(config: Path) -> None:
     assert run(config, "queue") == (0, "Mail queue is empty\n", "")
     assert run(config, "queue", "-j") == (0, "", "")

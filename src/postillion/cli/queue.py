@@ -31,8 +31,8 @@ from typing import BinaryIO, TextIO
 from postillion.config import load_config
 from postillion.config.params import Params
 from postillion.errors import ConfigError, QueueWriteError
-from postillion.queue import record, wakeup
-from postillion.queue.envelope import Envelope
+from postillion.queue import maildrop, record, wakeup
+from postillion.queue.envelope import Envelope, Recipient
 from postillion.queue.ids import is_valid_queue_id
 from postillion.queue.record import QueueRecordError
 from postillion.queue.store import (
@@ -58,7 +58,7 @@ usage: postillion -c DIR queue [-j]              list the queue (mailq, postqueu
        postillion -c DIR requeue ID|ALL|- [QUEUE...]  (postsuper -r)
 """
 
-SHOWQ_ORDER = (ACTIVE, INCOMING, DEFERRED, HOLD)  # showq.c queue_info[] (no maildrop here)
+SHOWQ_ORDER = (ACTIVE, INCOMING, DEFERRED, HOLD)  # showq.c queue_info[], after the maildrop
 QMGR_FLUSH_TRIGGER = b"F"  # qmgr: "F..." = treat every deferred message as due (Postfix 'F')
 
 # showq_compat.c: short and long queue id layouts.
@@ -190,8 +190,9 @@ def _queue(config_dir: Path, *, json_lines: bool, stdout: TextIO, stderr: TextIO
 
 
 def _scan(store: QueueStore, stderr: TextIO) -> list[tuple[QueueEntry, float]]:
-    """(entry, file mtime) for every readable message, in showq's queue order."""
-    out = []
+    """(entry, file mtime) for every readable message, in showq's queue order: mail that
+    pickup has not taken yet first (as a live Postfix lists its maildrop), then the queues."""
+    out = _scan_maildrop(store.queue_directory)
     for queue in SHOWQ_ORDER:
         try:
             ids = store.list(queue)
@@ -209,6 +210,37 @@ def _scan(store: QueueStore, stderr: TextIO) -> list[tuple[QueueEntry, float]]:
             except OSError as exc:
                 raise _Fatal("postqueue", f"open {queue} {queue_id}: {exc.strerror or exc}") from exc
             out.append((entry, mtime))
+    return out
+
+
+def _scan_maildrop(queue_directory: Path) -> list[tuple[QueueEntry, float]]:
+    """sendmail's drop files as showq shows them: the file name as queue id, the file size as
+    message size, the sender as given (-f) or the owner's login name, unqualified.  Files we may
+    not read, damaged ones and files pickup takes meanwhile are left out quietly."""
+    directory = maildrop.maildrop_directory(queue_directory)
+    try:
+        names = sorted(n for n in os.listdir(directory) if maildrop.NAME_RE.fullmatch(n))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+        try:
+            drop = maildrop.decode_drop(data)
+        except maildrop.MaildropError:
+            continue
+        sender = drop.sender if drop.sender is not None else (maildrop.login_name(st.st_uid) or "")
+        envelope = Envelope(sender=sender, recipients=[Recipient(address=a) for a in drop.recipients],
+                            arrival_time=st.st_mtime)
+        # content = the file, so that size is the file's, as showq reports for the maildrop
+        out.append((QueueEntry(queue_id=name, queue=maildrop.MAILDROP, envelope=envelope,
+                               content=data, statuses=[]), st.st_mtime))
     return out
 
 
