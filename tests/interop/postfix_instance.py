@@ -1,14 +1,17 @@
 """A private, throw-away Postfix for interop tests: its own config_directory, queue_directory,
 data_directory and maillog_file under one /tmp directory, loopback only.
 
-Owns: writing main.cf/master.cf, ``postfix start``/``stop`` and waiting for the master to go,
-and running Postfix's admin programs (postqueue, postsuper, sendmail) against that instance.
-Must not import: postillion (this is the oracle side); used by test_mailq_postfix.py.
+Owns: writing main.cf/master.cf and any other files the instance reads (a Cyrus
+sasl/smtpd.conf, a TLS key pair, maps), ``postfix start``/``stop`` and waiting for the master to
+go, and running Postfix's admin programs (postqueue, postsuper, postcat, sendmail) against that
+instance.  Must not import: postillion (this is the oracle side); used by test_mailq_postfix.py,
+test_postfix_relayhost.py, test_own_saslauthd.py and test_dovecot_auth.py.
 Follows: Postfix MULTI_INSTANCE_README ("-c config_directory"), postfix(1), postqueue(1),
-postsuper(1), sendmail(1); Postfix 3.7 as packaged by Debian.
+postsuper(1), postcat(1), sendmail(1); Postfix 3.7 as packaged by Debian.
 
 Needs root: Postfix's master runs as root and its daemons as user postfix.  Every service runs
-unchrooted (column 5 = n) so nothing has to be copied into a chroot.
+unchrooted (column 5 = n) so nothing has to be copied into a chroot, and an smtpd can reach a
+private saslauthd or Dovecot auth socket under /tmp.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ POSTFIX = "/usr/sbin/postfix"
 POSTQUEUE = "/usr/sbin/postqueue"
 POSTSUPER = "/usr/sbin/postsuper"
 SENDMAIL = "/usr/sbin/sendmail"
+POSTCAT = "/usr/sbin/postcat"
 PROGRAMS = (POSTFIX, POSTQUEUE, POSTSUPER, SENDMAIL)
 
 # The services a queue-only instance needs: mail comes in through sendmail/postdrop/pickup.
@@ -107,6 +111,12 @@ class PostfixInstance:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    def postcat(self, queue_id: str) -> str:
+        """``postcat -q ID``: the queue file of one message, records and content."""
+        done = self.run(POSTCAT, "-q", queue_id)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def sendmail(self, sender: str, recipients: list[str], message: str) -> str:
         """Queue one message (``sendmail -f sender -- rcpt...``); its queue id, from the log."""
         mark = len(self.log_text())
@@ -165,9 +175,14 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 @contextmanager
-def running_postfix(main_cf: str = "", master_cf: str = "") -> Iterator[PostfixInstance]:
+def running_postfix(main_cf: str = "", master_cf: str = "",
+                    files: Mapping[str, str | bytes] | None = None) -> Iterator[PostfixInstance]:
     """Start a private Postfix with BASE_MAIN_CF + ``main_cf`` and BASE_MASTER_CF +
-    ``master_cf`` (``{base}`` is replaced in main_cf); stop it and remove everything after."""
+    ``master_cf`` (``{base}`` is replaced in main_cf); stop it and remove everything after.
+
+    ``files`` maps paths relative to the config directory (``{base}/etc``) to contents, written
+    before ``postfix start``, e.g. ``{"sasl/smtpd.conf": ...}`` for ``cyrus_sasl_config_path =
+    {base}/etc/sasl``.  A name ending in ``key.pem`` is written 0600, as a private key should be."""
     base = Path(tempfile.mkdtemp(prefix="pf", dir="/tmp"))
     base.chmod(0o755)  # Postfix's daemons run as user postfix and chdir to the queue directory
     pf = PostfixInstance(base=base)
@@ -177,6 +192,12 @@ def running_postfix(main_cf: str = "", master_cf: str = "") -> Iterator[PostfixI
     shutil.chown(base / "data", "postfix", "postfix")
     (pf.config / "main.cf").write_text((BASE_MAIN_CF + main_cf).replace("{base}", str(base)))
     (pf.config / "master.cf").write_text(BASE_MASTER_CF + master_cf)
+    for name, content in (files or {}).items():
+        path = pf.config / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        path.write_bytes(data)
+        path.chmod(0o600 if name.endswith("key.pem") else 0o644)
     started = pf.run(POSTFIX, "start")
     pid_file = base / "spool" / "pid" / "master.pid"
     try:

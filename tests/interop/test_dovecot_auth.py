@@ -6,9 +6,9 @@
    ``auth-client`` listener and an inet listener): AUTH PLAIN and LOGIN → 235, a wrong
    password → 535, Dovecot stopped → 454 and the connect warning; Dovecot's ``auth_debug``
    log shows the ``lip``/``rip``/``secured`` we send.
-2. A private Postfix 3.7 (``smtpd_sasl_type = dovecot``) against ``postillion auth-server`` on
-   TCP and on a UNIX socket: AUTH PLAIN and LOGIN as a postillion user → 235, a wrong
-   password → 535 with Postfix's text.
+2. A private Postfix 3.7 (postfix_instance.py, ``smtpd_sasl_type = dovecot``) against
+   ``postillion auth-server`` on TCP and on a UNIX socket: AUTH PLAIN and LOGIN as a
+   postillion user → 235, a wrong password → 535 with Postfix's text.
 
 Needs root (Dovecot and Postfix's master); skipped when a program is missing.
 """
@@ -31,12 +31,13 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from harness import Server, cleanup, client_context, free_port, make_server, postillion
+from postfix_instance import POSTFIX, PostfixInstance, running_postfix
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
-POSTFIX = "/usr/sbin/postfix"
 
 pytestmark = [
     pytest.mark.interop,
@@ -275,6 +276,7 @@ def test_dovecot_stopped_is_454() -> None:
 
 # --- a real Postfix against postillion auth-server -------------------------------------------
 
+# Added to postfix_instance.py's base (every service unchrooted, so smtpd reaches the socket).
 PF_MASTER_CF = """\
 127.0.0.1:{port_inet} inet n - n - - smtpd
   -o syslog_name=postfix/pfinet
@@ -282,34 +284,10 @@ PF_MASTER_CF = """\
 127.0.0.1:{port_unix} inet n - n - - smtpd
   -o syslog_name=postfix/pfunix
   -o smtpd_sasl_path=unix:{auth_socket}
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n - 0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-rewrite    unix  - - n - - trivial-rewrite
-bounce     unix  - - n - 0 bounce
-defer      unix  - - n - 0 bounce
-trace      unix  - - n - 0 bounce
-verify     unix  - - n - 1 verify
-proxymap   unix  - - n - - proxymap
-smtp       unix  - - n - - smtp
-error      unix  - - n - - error
-anvil      unix  - - n - 1 anvil
-postlog    unix-dgram n - n - 1 postlogd
 """
 
 PF_MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {base}/spool
-data_directory = {base}/data
-maillog_file = {base}/maillog
-maillog_file_prefixes = {base}
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
 myhostname = pf.example.test
-mydestination =
-local_transport = error:no local delivery
-alias_maps =
-alias_database =
 mynetworks = 127.0.0.2/32
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_tls_security_level = none
@@ -317,26 +295,6 @@ smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = dovecot
 smtpd_error_sleep_time = 0
 """
-
-
-@dataclass
-class Postfix:
-    base: Path
-    port_inet: int
-    port_unix: int
-
-    def log_text(self) -> str:
-        try:
-            return (self.base / "maillog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> None:
-        rx = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while not rx.search(self.log_text()):
-            assert time.monotonic() < deadline, f"no line {pattern!r}:\n{self.log_text()[-3000:]}"
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -375,55 +333,25 @@ def auth_servers() -> Iterator[tuple[int, Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        if stat.rpartition(")")[2].split()[0] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
+@pytest.fixture(scope="module")
+def pf_ports() -> dict[str, int]:
+    """The private Postfix's two smtpd ports, by how they reach the auth-server."""
+    return {"inet": free_port(), "unix": free_port()}
 
 
 @pytest.fixture(scope="module")
-def postfix(auth_servers: tuple[int, Path]) -> Iterator[Postfix]:
+def postfix(auth_servers: tuple[int, Path], pf_ports: dict[str, int]) -> Iterator[PostfixInstance]:
     auth_port, auth_socket = auth_servers
-    base = Path(tempfile.mkdtemp(prefix="pfda", dir="/tmp"))
-    base.chmod(0o755)
-    pf = Postfix(base, free_port(), free_port())
-    etc = base / "etc"
-    etc.mkdir()
-    (base / "spool").mkdir()
-    (base / "data").mkdir()
-    shutil.chown(base / "data", "postfix", "postfix")
-    (etc / "main.cf").write_text(PF_MAIN_CF.format(base=base))
-    (etc / "master.cf").write_text(PF_MASTER_CF.format(
-        port_inet=pf.port_inet, port_unix=pf.port_unix, auth_port=auth_port,
-        auth_socket=auth_socket))
-    started = subprocess.run([POSTFIX, "-c", str(etc), "start"], check=False,
-                             capture_output=True, text=True, timeout=60)
-    try:
-        assert started.returncode == 0, f"postfix start failed: {started.stderr}\n{pf.log_text()}"
-        pf.wait_for_log(r"postfix/master\[\d+\]: daemon started")
+    master = PF_MASTER_CF.format(port_inet=pf_ports["inet"], port_unix=pf_ports["unix"],
+                                 auth_port=auth_port, auth_socket=auth_socket)
+    with running_postfix(PF_MAIN_CF, master) as pf:
         yield pf
-    finally:
-        subprocess.run([POSTFIX, "-c", str(etc), "stop"], check=False, capture_output=True,
-                       timeout=60)
-        try:
-            pid = int((base / "spool" / "pid" / "master.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            pid = 0
-        if pid and not _wait_gone(pid, 15):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("which", ["inet", "unix"])
-def test_postfix_authenticates_against_postillion(postfix: Postfix, which: str) -> None:
-    port = postfix.port_inet if which == "inet" else postfix.port_unix
+def test_postfix_authenticates_against_postillion(postfix: PostfixInstance, pf_ports: dict[str, int],
+                                                  which: str) -> None:
+    port = pf_ports[which]
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
         c.ehlo("client.example.test")
         assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]

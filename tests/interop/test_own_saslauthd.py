@@ -3,9 +3,9 @@
 * Both testsaslauthd programs against both daemons (-a shadow, -a pam, a throw-away system
   user): the same stdout, stderr and exit status for success, wrong password, unknown user and
   a missing socket.
-* A real private Postfix (``smtpd_sasl_type = cyrus``, Cyrus ``smtpd.conf`` with
-  ``pwcheck_method: saslauthd`` and ``saslauthd_path`` = our mux) authenticating against our
-  saslauthd -a userdb and -a shadow: 235 and 535 from Postfix.
+* A real private Postfix (postfix_instance.py, ``smtpd_sasl_type = cyrus``, Cyrus
+  ``smtpd.conf`` with ``pwcheck_method: saslauthd`` and ``saslauthd_path`` = our mux)
+  authenticating against our saslauthd -a userdb and -a shadow: 235 and 535 from Postfix.
 * postillion's own saslauthd verifier against our daemon (as tests/interop/test_saslauthd.py
   does against Cyrus's).
 * A slow PAM failure (pam_faildelay) does not hold up a fast login; with Cyrus's -n 1 it does.
@@ -40,6 +40,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postfix_instance import POSTFIX, PostfixInstance, running_postfix
+
 from postillion.config import Params
 from postillion.sasl.exchange import AuthExchange, Verify
 from postillion.sasl.saslauthd import encode_request
@@ -48,7 +51,6 @@ from postillion.sasl.verifiers import SaslauthdVerifier, make_sasl_server
 
 SASLAUTHD = "/usr/sbin/saslauthd"
 TESTSASLAUTHD = "/usr/sbin/testsaslauthd"
-POSTFIX = "/usr/sbin/postfix"
 DOVECOT = "/usr/sbin/dovecot"
 IMAP_BINARY = "/usr/lib/dovecot/imap"
 OURS = [sys.executable, "-m", "postillion"]
@@ -366,36 +368,11 @@ def _pid(text: str) -> str:
 
 # --- a real Postfix with Cyrus SASL against our saslauthd --------------------------------
 
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-cleanup    unix  n - n - 0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-rewrite    unix  - - n - - trivial-rewrite
-bounce     unix  - - n - 0 bounce
-defer      unix  - - n - 0 bounce
-trace      unix  - - n - 0 bounce
-verify     unix  - - n - 1 verify
-proxymap   unix  - - n - - proxymap
-error      unix  - - n - - error
-retry      unix  - - n - - error
-discard    unix  - - n - - discard
-anvil      unix  - - n - 1 anvil
-scache     unix  - - n - 1 scache
-postlog    unix-dgram n - n - 1 postlogd
-"""
+# Added to postfix_instance.py's base (every service unchrooted, so smtpd reaches our socket).
+MASTER_CF = "127.0.0.1:{port} inet n - n - - smtpd\n"
 
 MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {base}/spool
-data_directory = {base}/data
-maillog_file = {base}/maillog
-maillog_file_prefixes = {base}
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
 myhostname = pf.example.test
-mydestination =
-alias_maps =
-alias_database =
 mynetworks = 127.0.0.2/32
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_sasl_auth_enable = yes
@@ -412,64 +389,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Postfix:
-    base: Path
-    port: int
-
-    def log(self) -> str:
-        try:
-            return (self.base / "maillog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
 @pytest.fixture(scope="module", params=["userdb", "shadow"])
-def postfix_on_ours(request: pytest.FixtureRequest,
-                    account: tuple[str, str]) -> Iterator[tuple[Postfix, Daemon, str, str]]:
+def postfix_on_ours(request: pytest.FixtureRequest, account: tuple[str, str],
+                    tmp_path_factory: pytest.TempPathFactory,
+                    ) -> Iterator[tuple[PostfixInstance, int, Daemon, str, str]]:
+    """A private Postfix on 127.0.0.1:PORT whose Cyrus SASL asks our saslauthd; (Postfix,
+    PORT, our daemon, user, password)."""
     if not Path(POSTFIX).exists():
         pytest.skip(f"{POSTFIX} missing (apt install postfix)")
-    base = Path(tempfile.mkdtemp(prefix="pf", dir="/tmp"))
-    base.chmod(0o755)
     if request.param == "userdb":
         user, password = "dora", f"pw-{secrets.token_urlsafe(9)}"
-        UserDB(base / "users.sqlite").add(user, password)
-        d = start("ours", "-a", "userdb", "-O", str(base / "users.sqlite"))
+        db_path = tmp_path_factory.mktemp("userdb") / "users.sqlite"
+        UserDB(db_path).add(user, password)
+        d = start("ours", "-a", "userdb", "-O", str(db_path))
     else:
         user, password = account
         d = start("ours", "-a", "shadow")
-    pf = Postfix(base, _free_port())
-    etc = base / "etc"
-    (etc / "sasl").mkdir(parents=True)
-    (base / "spool").mkdir()
-    (base / "data").mkdir()
-    shutil.chown(base / "data", "postfix", "postfix")
-    (etc / "main.cf").write_text(MAIN_CF.format(base=base))
-    (etc / "master.cf").write_text(MASTER_CF.format(port=pf.port))
-    (etc / "sasl" / "smtpd.conf").write_text(
-        f"pwcheck_method: saslauthd\nsaslauthd_path: {d.mux}\nmech_list: plain login\n")
-    started = subprocess.run([POSTFIX, "-c", str(etc), "start"], capture_output=True, text=True,
-                             timeout=60, check=False)
+    port = _free_port()
+    smtpd_conf = f"pwcheck_method: saslauthd\nsaslauthd_path: {d.mux}\nmech_list: plain login\n"
     try:
-        assert started.returncode == 0, f"postfix start failed: {started.stderr}\n{pf.log()}"
-        deadline = time.monotonic() + 20
-        while "daemon started" not in pf.log():
-            assert time.monotonic() < deadline, pf.log()
-            time.sleep(0.05)
-        yield pf, d, user, password
+        with running_postfix(MAIN_CF, MASTER_CF.format(port=port),
+                             {"sasl/smtpd.conf": smtpd_conf}) as pf:
+            yield pf, port, d, user, password
     finally:
-        subprocess.run([POSTFIX, "-c", str(etc), "stop"], capture_output=True, timeout=60,
-                       check=False)
-        pid_file = base / "spool" / "pid" / "master.pid"
-        with_deadline = time.monotonic() + 15
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            pid = 0
-        while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < with_deadline:
-            time.sleep(0.05)
         discard(d)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def smtp_auth(port: int, mech: str, user: str, password: str) -> tuple[list[str], tuple[int, bytes]]:
@@ -485,19 +428,16 @@ def smtp_auth(port: int, mech: str, user: str, password: str) -> tuple[list[str]
 
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
-def test_postfix_authenticates_against_ours(postfix_on_ours: tuple[Postfix, Daemon, str, str],
-                                            mech: str) -> None:
-    pf, d, user, password = postfix_on_ours
-    offered, reply = smtp_auth(pf.port, mech, user, password)
+def test_postfix_authenticates_against_ours(
+        postfix_on_ours: tuple[PostfixInstance, int, Daemon, str, str], mech: str) -> None:
+    pf, port, d, user, password = postfix_on_ours
+    offered, reply = smtp_auth(port, mech, user, password)
     assert offered == ["PLAIN", "LOGIN"]
     assert reply == (235, b"2.7.0 Authentication successful")
-    offered, reply = smtp_auth(pf.port, mech, user, password + "-wrong")
+    offered, reply = smtp_auth(port, mech, user, password + "-wrong")
     assert f"{reply[0]} {reply[1].decode()}" == AUTH_FAILED
-    deadline = time.monotonic() + 20
-    while not re.search(rf"warning: localhost\[127\.0\.0\.1\]: SASL {mech} authentication failed: "
-                        rf"authentication failure, sasl_username={re.escape(user)}$", pf.log(), re.MULTILINE):
-        assert time.monotonic() < deadline, pf.log()
-        time.sleep(0.05)
+    pf.wait_for_log(rf"warning: localhost\[127\.0\.0\.1\]: SASL {mech} authentication failed: "
+                    rf"authentication failure, sasl_username={re.escape(user)}$")
     d.wait_for_log(rf":auth success: \[user={re.escape(user)}\] \[service=smtp\] \[realm=\] \[mech=")
 
 

@@ -1,11 +1,11 @@
 """Our smtp agent through a real Postfix relayhost that requires STARTTLS and AUTH.
 
-Runs a private Postfix instance (Debian postfix 3.7) with its own configuration, queue and
-data directories under /tmp, never /etc/postfix: one smtpd on 127.0.0.1:PORT with
-``smtpd_tls_security_level = encrypt`` and ``smtpd_sasl_auth_enable = yes`` (Cyrus SASL,
-``pwcheck_method: saslauthd``), relaying only for authenticated clients, and keeping what it
-accepts (``defer_transports = smtp``) so the test reads it back with ``postqueue -p`` and
-``postcat -q``.  Its saslauthd is a private ``saslauthd -a pam`` on its own run directory, for a
+Runs a private Postfix instance (Debian postfix 3.7, postfix_instance.py) with its own
+configuration, queue and data directories under /tmp, never /etc/postfix: one smtpd on
+127.0.0.1:PORT with ``smtpd_tls_security_level = encrypt`` and ``smtpd_sasl_auth_enable =
+yes`` (Cyrus SASL, ``pwcheck_method: saslauthd``), relaying only for authenticated clients, and
+keeping what it accepts (``defer_transports = smtp``) so the test reads it back with
+``postqueue -p`` and ``postcat -q``.  Its saslauthd is a private ``saslauthd -a pam`` on its own run directory, for a
 throw-away system user.  postillion A is set up as an admin would for a smarthost:
 ``relayhost = [127.0.0.1]:PORT``, ``smtp_tls_security_level = encrypt``,
 ``smtp_sasl_auth_enable = yes``, ``smtp_sasl_password_maps = texthash:...``,
@@ -31,19 +31,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from harness import Server, cleanup, free_port, make_server
+from postfix_instance import (
+    POSTCAT,
+    POSTFIX,
+    POSTQUEUE,
+    PostfixInstance,
+    running_postfix,
+)
 
 from postillion.certs import make_self_signed
 
-POSTFIX = "/usr/sbin/postfix"
-POSTQUEUE = "/usr/sbin/postqueue"
-POSTCAT = "/usr/sbin/postcat"
 SASLAUTHD = "/usr/sbin/saslauthd"
 TESTSASLAUTHD = "/usr/sbin/testsaslauthd"
 RELAY_HOST = "relay.example.test"
@@ -60,60 +64,24 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-# Only what this test needs, every service unchrooted (column 5 = n): a chrooted smtpd could
-# not reach the private saslauthd socket.
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n - 0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-tlsmgr     unix  - - n 1000? 1 tlsmgr
-rewrite    unix  - - n - - trivial-rewrite
-bounce     unix  - - n - 0 bounce
-defer      unix  - - n - 0 bounce
-trace      unix  - - n - 0 bounce
-verify     unix  - - n - 1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n - - proxymap
-proxywrite unix  - - n - 1 proxymap
-smtp       unix  - - n - - smtp
-relay      unix  - - n - - smtp
-showq      unix  n - n - - showq
-error      unix  - - n - - error
-retry      unix  - - n - - error
-discard    unix  - - n - - discard
-local      unix  - n n - - local
-anvil      unix  - - n - 1 anvil
-scache     unix  - - n - 1 scache
-postlog    unix-dgram n - n - 1 postlogd
-"""
+# Added to postfix_instance.py's base; its services are all unchrooted (column 5 = n): a
+# chrooted smtpd could not reach the private saslauthd socket.
+MASTER_CF = "127.0.0.1:{port} inet n - n - - smtpd\n"
 
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {base}/spool
-data_directory = {base}/data
-maillog_file = {base}/maillog
-maillog_file_prefixes = {base}
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = {host}
+MAIN_CF = f"""\
+myhostname = {RELAY_HOST}
 mydomain = example.test
-mydestination =
-local_transport = error:no local delivery
-alias_maps =
-alias_database =
 # 127.0.0.1 is not in mynetworks: relaying is allowed only because A authenticates.
 mynetworks = 127.0.0.2/32
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
-smtpd_tls_cert_file = {base}/etc/cert.pem
-smtpd_tls_key_file = {base}/etc/key.pem
+smtpd_tls_cert_file = {{base}}/etc/cert.pem
+smtpd_tls_key_file = {{base}}/etc/key.pem
 smtpd_tls_security_level = encrypt
 smtpd_tls_loglevel = 1
 smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = cyrus
 smtpd_sasl_path = smtpd
-cyrus_sasl_config_path = {base}/etc/sasl
-smtp_tls_security_level = none
+cyrus_sasl_config_path = {{base}}/etc/sasl
 # Keep what is accepted, for postqueue -p and postcat -q.
 defer_transports = smtp
 smtpd_banner = $myhostname ESMTP $mail_name
@@ -124,52 +92,6 @@ pwcheck_method: saslauthd
 mech_list: PLAIN LOGIN
 saslauthd_path: {mux}
 """
-
-
-@dataclass
-class Postfix:
-    base: Path
-    port: int
-
-    @property
-    def config(self) -> Path:
-        return self.base / "etc"
-
-    def log_text(self) -> str:
-        try:
-            return (self.base / "maillog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        rx = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while not (m := rx.search(self.log_text())):
-            assert time.monotonic() < deadline, f"no Postfix log line {pattern!r}:\n{self.log_text()[-3000:]}"
-            time.sleep(0.05)
-        return m
-
-    def postqueue_p(self) -> str:
-        return subprocess.run([POSTQUEUE, "-c", str(self.config), "-p"], capture_output=True,
-                              text=True, check=True, timeout=30).stdout
-
-    def postcat(self, queue_id: str) -> str:
-        return subprocess.run([POSTCAT, "-c", str(self.config), "-q", queue_id], capture_output=True,
-                              text=True, check=True, timeout=30).stdout
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """True once ``pid`` has exited (a zombie counts: the daemonized master's parent is init)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        if stat.rpartition(")")[2].split()[0] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -221,41 +143,23 @@ def mux(account: tuple[str, str]) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def postfix(mux: Path) -> Iterator[Postfix]:
-    base = Path(tempfile.mkdtemp(prefix="pf", dir="/tmp"))
-    base.chmod(0o755)  # Postfix's daemons run as user postfix and chdir to the queue directory
-    pf = Postfix(base=base, port=free_port())
-    (pf.config / "sasl").mkdir(parents=True)
-    (base / "spool").mkdir()
-    (base / "data").mkdir()
-    shutil.chown(base / "data", "postfix", "postfix")
-    make_self_signed(RELAY_HOST, pf.config / "cert.pem", pf.config / "key.pem")
-    (pf.config / "main.cf").write_text(MAIN_CF.format(base=base, host=RELAY_HOST))
-    (pf.config / "master.cf").write_text(MASTER_CF.format(port=pf.port))
-    (pf.config / "sasl" / "smtpd.conf").write_text(SMTPD_CONF.format(mux=mux))
-    started = subprocess.run([POSTFIX, "-c", str(pf.config), "start"], check=False,
-                             capture_output=True, text=True, timeout=60)
-    pid_file = base / "spool" / "pid" / "master.pid"
-    try:
-        # Without a terminal the postfix command reports to syslog only, so show its log too.
-        assert started.returncode == 0, f"postfix start failed: {started.stderr}\n{pf.log_text()}"
-        pf.wait_for_log(r"postfix/master\[\d+\]: daemon started")
+def relay_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def postfix(mux: Path, relay_port: int) -> Iterator[PostfixInstance]:
+    with tempfile.TemporaryDirectory() as keys:
+        make_self_signed(RELAY_HOST, Path(keys) / "cert.pem", Path(keys) / "key.pem")
+        files = {name: (Path(keys) / name).read_bytes() for name in ("cert.pem", "key.pem")}
+    files["sasl/smtpd.conf"] = SMTPD_CONF.format(mux=mux).encode()
+    with running_postfix(MAIN_CF, MASTER_CF.format(port=relay_port), files) as pf:
         yield pf
-    finally:
-        subprocess.run([POSTFIX, "-c", str(pf.config), "stop"], check=False, capture_output=True,
-                       timeout=60)
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            pid = 0
-        if pid and not _wait_gone(pid, 15):
-            os.kill(pid, signal.SIGKILL)  # the master; its children exit when it is gone
-        shutil.rmtree(base, ignore_errors=True)
 
 
-def make_client(postfix: Postfix, user: str, password: str) -> Server:
+def make_client(relay_port: int, user: str, password: str) -> Server:
     srv = make_server(qmgr=True, main={
-        "relayhost": f"[127.0.0.1]:{postfix.port}",
+        "relayhost": f"[127.0.0.1]:{relay_port}",
         "smtp_tls_security_level": "encrypt",
         "smtp_sasl_auth_enable": "yes",
         "smtp_sasl_password_maps": "texthash:sasl_passwd",
@@ -266,7 +170,7 @@ def make_client(postfix: Postfix, user: str, password: str) -> Server:
     })
     try:
         # Postfix's lookup key for a relayhost: the nexthop as written, "[host]:port".
-        (srv.config_dir / "sasl_passwd").write_text(f"[127.0.0.1]:{postfix.port} {user}:{password}\n")
+        (srv.config_dir / "sasl_passwd").write_text(f"[127.0.0.1]:{relay_port} {user}:{password}\n")
         srv.start()
     except BaseException:
         cleanup(srv)
@@ -289,8 +193,8 @@ def submit(srv: Server, msgid: str) -> str:
 
 
 @pytest.fixture
-def client(postfix: Postfix, account: tuple[str, str]) -> Iterator[Server]:
-    srv = make_client(postfix, *account)
+def client(postfix: PostfixInstance, relay_port: int, account: tuple[str, str]) -> Iterator[Server]:
+    srv = make_client(relay_port, *account)
     try:
         yield srv
     finally:
@@ -298,20 +202,22 @@ def client(postfix: Postfix, account: tuple[str, str]) -> Iterator[Server]:
 
 
 @pytest.fixture
-def client_wrong_password(postfix: Postfix, account: tuple[str, str]) -> Iterator[Server]:
-    srv = make_client(postfix, account[0], account[1] + "-wrong")
+def client_wrong_password(postfix: PostfixInstance, relay_port: int,
+                          account: tuple[str, str]) -> Iterator[Server]:
+    srv = make_client(relay_port, account[0], account[1] + "-wrong")
     try:
         yield srv
     finally:
         cleanup(srv)
 
 
-def test_delivered_over_tls_with_auth(client: Server, postfix: Postfix, account: tuple[str, str]) -> None:
+def test_delivered_over_tls_with_auth(client: Server, postfix: PostfixInstance, relay_port: int,
+                                      account: tuple[str, str]) -> None:
     user = account[0]
     msgid = f"relayhost-{secrets.token_hex(4)}@client.example.test"
     qid = submit(client, msgid)
     line = client.wait_for_log(rf"postfix/smtp\[\d+\]: {qid}: to=<far@example.org>.*", timeout=30).group(0)
-    port = postfix.port
+    port = relay_port
     m = re.fullmatch(
         rf"postfix/smtp\[\d+\]: {qid}: to=<far@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{port}, "
         r"delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, "
@@ -335,7 +241,7 @@ def test_delivered_over_tls_with_auth(client: Server, postfix: Postfix, account:
     waiting = re.compile(rf"^{pf_id}\s+\d+ .* a@example\.net\n\s+\(deferred transport\)\n"
                          r"\s+far@example\.org$", re.MULTILINE)
     deadline = time.monotonic() + 20
-    while not waiting.search(listing := postfix.postqueue_p()):
+    while not waiting.search(listing := postfix.postqueue("-p")):
         assert time.monotonic() < deadline, listing
         time.sleep(0.1)
     content = postfix.postcat(pf_id)
@@ -348,12 +254,13 @@ def test_delivered_over_tls_with_auth(client: Server, postfix: Postfix, account:
     assert re.search(rf"with ESMTPSA id {pf_id}", content), content
 
 
-def test_wrong_password_is_deferred_with_postfix_text(client_wrong_password: Server, postfix: Postfix,
+def test_wrong_password_is_deferred_with_postfix_text(client_wrong_password: Server,
+                                                      postfix: PostfixInstance, relay_port: int,
                                                       account: tuple[str, str]) -> None:
     srv = client_wrong_password
     qid = submit(srv, f"wrongpw-{secrets.token_hex(4)}@client.example.test")
     line = srv.wait_for_log(rf"postfix/smtp\[\d+\]: {qid}: to=<far@example.org>.*", timeout=30).group(0)
-    port = postfix.port
+    port = relay_port
     assert re.fullmatch(
         rf"postfix/smtp\[\d+\]: {qid}: to=<far@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{port}, "
         r"delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=4\.7\.8, status=deferred "
