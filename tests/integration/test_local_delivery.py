@@ -9,6 +9,8 @@ alias file's owner, unknown users bounced with Postfix's text, and EX_TEMPFAIL d
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import pwd
 import re
@@ -24,6 +26,17 @@ from pathlib import Path
 
 import pytest
 from harness import HOSTNAME, Server, cleanup, make_server
+
+from postillion.delivery import DeliveryRequest, RecipientResult
+from postillion.maillog import QueueLog
+from postillion.queue.envelope import Envelope, Recipient
+from postillion.server.local_service import (
+    LINE_LIMIT,
+    LocalService,
+    LocalServiceAgent,
+    bind_local_socket,
+    remove_local_socket,
+)
 
 pytestmark = pytest.mark.root
 
@@ -215,3 +228,137 @@ def test_mbox_in_the_mail_spool_directory(users: list[pwd.struct_passwd], scratc
     finally:
         cleanup(server)
         shutil.rmtree(spool, ignore_errors=True)
+
+
+# --------------------------------------------------------------- the service's socket and protocol
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def emit(self, tag: str, text: str, pid: int | None = None) -> None:
+        self.lines.append(f"{tag}: {text}")
+
+
+class _StubAgent:
+    """Delivers every recipient except 'crash@...', where the agent has a bug."""
+
+    forwarder = None
+
+    async def deliver(self, request: DeliveryRequest) -> list[RecipientResult]:
+        out = []
+        for i, r in request.recipients:
+            if r.address.startswith("crash@"):
+                raise RuntimeError("bug")
+            out += [RecipientResult(rcpt=i, status="sent", dsn="2.0.0", relay="local",
+                                    text="delivered to maildir", address=m)
+                    for m in (f"a.{r.address}", f"b.{r.address}")]
+        return out
+
+
+def _request(*addresses: str) -> DeliveryRequest:
+    rcpts = [Recipient(address=a) for a in addresses]
+    return DeliveryRequest(queue_id="4ABC", envelope=Envelope(sender="s@x", recipients=rcpts),
+                           content=b"Subject: x\r\n\r\nhi\r\n", recipients=list(enumerate(rcpts)),
+                           transport="local", nexthop="localhost")
+
+
+async def _serve_and_ask(tmp: Path, *requests: bytes | DeliveryRequest) -> tuple[list[object], list[str]]:
+    sink = _Sink()
+    service = LocalService(_StubAgent(), QueueLog("postfix", sink=sink), {os.getuid()},
+                           max_size=1000)
+    path = tmp / "local"
+    server = await asyncio.start_unix_server(service.handle, path=str(path),
+                                             limit=LINE_LIMIT)
+    answers: list[object] = []
+    async with server:
+        for req in requests:
+            if isinstance(req, DeliveryRequest):
+                answers.append([(r.rcpt, r.status, r.dsn, r.text, r.address)
+                                for r in await LocalServiceAgent(path).deliver(req)])
+            else:
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                writer.write(req)
+                await writer.drain()
+                answers.append(await reader.read())
+                writer.close()
+    return answers, sink.lines
+
+
+def test_service_survives_bad_requests_and_defers_what_crashed(tmp_path: Path) -> None:
+    answers, log = asyncio.run(_serve_and_ask(
+        tmp_path,
+        b"[" * 100000 + b"\n",  # nesting deeper than json can parse
+        b'{"queue_id": "Q", "size": 1000000}\n',  # larger than the service takes
+        b'{"queue_id": "Q", "size": -5}\n',
+        _request("one@localhost", "crash@localhost", "two@localhost")))
+    assert answers[:3] == [b"", b"", b""]
+    assert answers[3] == [
+        (0, "sent", "2.0.0", "delivered to maildir", "a.one@localhost"),
+        (0, "sent", "2.0.0", "delivered to maildir", "b.one@localhost"),
+        (1, "deferred", "4.3.0", "local delivery failed", None),
+        (2, "sent", "2.0.0", "delivered to maildir", "a.two@localhost"),
+        (2, "sent", "2.0.0", "delivered to maildir", "b.two@localhost")]
+    assert log[0].startswith("postfix/local: warning: bad delivery request: LocalServiceError: "
+                             "bad request line: maximum recursion depth exceeded")
+    assert log[1:] == [
+        ("postfix/local: warning: bad delivery request: LocalServiceError: request of 1000000 "
+         "bytes is larger than 1000"),
+        ("postfix/local: warning: bad delivery request: LocalServiceError: bad request line: "
+         "bad size"),
+        "postfix/local: warning: 4ABC: local delivery to crash@localhost: RuntimeError: bug"]
+
+
+def test_a_recipient_whose_members_did_not_all_arrive_is_deferred(tmp_path: Path) -> None:
+    """The service died after the first recipient's line: the second is deferred."""
+    path = tmp_path / "local"
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        await reader.readexactly(json.loads(line)["size"])
+        writer.write(json.dumps({"results": [
+            {"rcpt": 0, "status": "sent", "dsn": "2.0.0", "relay": "local",
+             "text": "delivered to maildir", "address": None}]}).encode() + b"\n")
+        writer.write(b'{"results": [{"rcpt": 1, "status": "sent"')  # cut off mid-line
+        await writer.drain()
+        writer.close()
+
+    async def run() -> list[RecipientResult]:
+        server = await asyncio.start_unix_server(dying, path=str(path))
+        async with server:
+            return await LocalServiceAgent(path).deliver(_request("one@x", "two@x"))
+
+    assert [(r.rcpt, r.status, r.dsn, r.text) for r in asyncio.run(run())] == [
+        (0, "sent", "2.0.0", "delivered to maildir"),
+        (1, "deferred", "4.3.0", "mail transport unavailable")]
+
+
+def test_socket_is_0600_for_mail_owner_and_a_symlinked_private_is_refused(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    queue = tmp_path / "spool"
+    queue.mkdir()
+    sock = bind_local_socket(queue / "private" / "local", nobody.pw_uid, nobody.pw_gid)
+    try:
+        st = (queue / "private" / "local").lstat()
+        assert stat.S_ISSOCK(st.st_mode)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            nobody.pw_uid, nobody.pw_gid, 0o600)
+        d = (queue / "private").stat()
+        assert (d.st_uid, stat.S_IMODE(d.st_mode)) == (nobody.pw_uid, 0o700)
+    finally:
+        sock.close()
+    remove_local_socket(queue / "private" / "local")
+    assert not (queue / "private" / "local").exists()
+    # mail_owner owns the queue directory and swaps private/ for a symlink
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir(mode=0o755)
+    (elsewhere / "local").write_text("keep")
+    shutil.rmtree(queue / "private")
+    (queue / "private").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        bind_local_socket(queue / "private" / "local", nobody.pw_uid, nobody.pw_gid)
+    remove_local_socket(queue / "private" / "local")
+    st = elsewhere.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    assert (elsewhere / "local").read_text() == "keep"

@@ -70,6 +70,9 @@ RELAY = "local"
 _REQUIRED_ALIASES = frozenset({"postmaster", "mailer-daemon"})
 COMMAND_PATH = "/usr/bin:/bin"  # pipe_command.c: PATH is always reset (_PATH_DEFPATH)
 OUTPUT_LIMIT = 4096  # pipe_command.c: at most one VSTREAM_BUFSIZE of command output is kept
+# command_expansion_filter's default (mail_params.h DEF_COMMAND_EXP_FILTER)
+EXPANSION_FILTER = frozenset("1234567890!@%-_=+:,./"
+                             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # <sysexits.h> code -> (dsn, text), global/sys_exits.c
 SYS_EXITS = {
     64: ("5.3.0", "command line usage error"), 65: ("5.6.0", "data format error"),
@@ -275,7 +278,8 @@ class LocalAgent:
         message = mbox_message(request.content, sender=request.envelope.sender,
                                original=address, delivered=address)
         try:
-            await self._append(path, message, spool=spool, user=(owner.uid, owner.gid))
+            await self._append(path, message, spool=spool, user=(owner.uid, owner.gid),
+                               owner_uid=owner.uid)
         except MboxError as exc:
             return _outcome(exc.dsn, f"cannot update mailbox {path} for user {leaf.user}. "
                                      f"{exc.text}")
@@ -296,31 +300,41 @@ class LocalAgent:
         return _Outcome("sent", "2.0.0", "delivered to maildir")
 
     async def _append(self, path: str, message: bytes, *, spool: tuple[int, int],
-                      user: tuple[int, int], regular_only: bool = True) -> None:
+                      user: tuple[int, int], regular_only: bool = True,
+                      owner_uid: int | None = None, to_file: bool = False) -> None:
+        checks = {"regular_only": regular_only, "owner_uid": owner_uid,
+                  "dotlock_may_fail": to_file, "refuse_executable": to_file}
         if os.geteuid() == 0:
-            await run_as(functools.partial(append, path, message, locking=self.locking,
-                                           regular_only=regular_only, spool=spool, user=user))
+            warnings = await run_as(functools.partial(append, path, message,
+                                                      locking=self.locking, spool=spool,
+                                                      user=user, **checks))
         else:
-            await asyncio.to_thread(append, path, message, locking=self.locking,
-                                    regular_only=regular_only)
+            warnings = await asyncio.to_thread(append, path, message, locking=self.locking,
+                                               **checks)  # type: ignore[arg-type]
+        for text in warnings or ():
+            self.warn(str(text))
 
     # ------------------------------------------------------------------ files and commands
 
     def _rights(self, leaf: Leaf) -> _Rights:
         """alias.c: the alias file owner's rights; root-owned (or no file): default_privs.
-        Raises ConfigError when default_privs names no account (or a privileged one)."""
+        Group 0 is never used either.  Raises ConfigError when default_privs names no
+        account (or a privileged one)."""
         uid = 0
         if leaf.source:
             try:
                 uid = os.stat(leaf.source).st_uid
             except OSError:
                 uid = 0
+        owner = None
         if uid != 0:
             try:
-                pw = self._getpwuid(uid)
-                return _Rights(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell)
+                owner = self._getpwuid(uid)
             except KeyError:
                 pass
+        if owner is not None and owner.pw_gid != 0:
+            return _Rights(owner.pw_uid, owner.pw_gid, owner.pw_name, owner.pw_dir,
+                           owner.pw_shell)
         try:
             pw = self._getpwnam(self.default_privs)
         except KeyError:
@@ -329,6 +343,9 @@ class LocalAgent:
         if pw.pw_uid == 0 or pw.pw_gid == 0:
             raise ConfigError(f"default_privs {self.default_privs} has privileged user ID",
                               name="default_privs")
+        if owner is not None:  # command.c, file.c: group 0 becomes default_privs' group
+            return _Rights(owner.pw_uid, pw.pw_gid, owner.pw_name, owner.pw_dir,
+                           owner.pw_shell)
         return _Rights(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell)
 
     def _can_switch(self, request: DeliveryRequest, rights: _Rights, what: str) -> bool:
@@ -350,13 +367,16 @@ class LocalAgent:
         if not self._can_switch(request, rights, f"command {leaf.target}"):
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
         local, _, domain = address.rpartition("@")
-        env = {"PATH": COMMAND_PATH, "HOME": rights.home, "LOGNAME": leaf.user,
+        env = {"HOME": rights.home, "LOGNAME": leaf.user,
                "USER": leaf.user, "SENDER": request.envelope.sender, "RECIPIENT": address,
                "LOCAL": local or address, "SHELL": rights.shell}
         if domain:
             env["DOMAIN"] = domain
         if leaf.extension:
             env["EXTENSION"] = leaf.extension
+        # command.c: network data is censored with command_expansion_filter
+        env = {name: censor(value) for name, value in env.items()}
+        env["PATH"] = COMMAND_PATH
         data = command_input(request.content, sender=request.envelope.sender,
                              original=address, delivered=address)
         ids = ({"user": rights.uid, "group": rights.gid, "extra_groups": []}
@@ -366,10 +386,11 @@ class LocalAgent:
                 "/bin/sh", "-c", leaf.target, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 cwd="/", env=env, start_new_session=True, **ids)  # type: ignore[arg-type]
-        except OSError as exc:
-            return _Outcome("deferred", "4.3.0", f"Delivery failed: {exc.strerror}")
+        except (OSError, ValueError) as exc:
+            return _Outcome("deferred", "4.3.0",
+                            f"Delivery failed: {getattr(exc, 'strerror', None) or exc}")
         try:
-            output, _ = await asyncio.wait_for(proc.communicate(data), self.command_time_limit)
+            output = await asyncio.wait_for(_talk(proc, data), self.command_time_limit)
         except (TimeoutError, asyncio.TimeoutError):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -377,9 +398,6 @@ class LocalAgent:
                 pass
             await proc.wait()
             return _Outcome("bounced", "5.3.0", f'Command time limit exceeded: "{leaf.target}"')
-        except (BrokenPipeError, ConnectionResetError):
-            output = await proc.stdout.read() if proc.stdout else b""  # stopped reading early
-            await proc.wait()
         return command_status(leaf.target, proc.returncode or 0, output)
 
     async def _file(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
@@ -399,7 +417,8 @@ class LocalAgent:
                                original=address, delivered=address)
         ids = (rights.uid, rights.gid)
         try:
-            await self._append(leaf.target, message, spool=ids, user=ids, regular_only=False)
+            await self._append(leaf.target, message, spool=ids, user=ids, regular_only=False,
+                               to_file=True)
         except MboxError as exc:
             return _outcome(exc.dsn, f"cannot append message to file {leaf.target}: {exc.text}")
         return _Outcome("sent", "2.0.0", f"delivered to file: {leaf.target}")
@@ -423,6 +442,41 @@ class LocalAgent:
             self.warn(f"{request.queue_id}: forward: {exc}")
             return _Outcome("deferred", "4.3.0", "mail forwarding transaction failed")
         return _Outcome("sent", "2.0.0", f"forwarded as {queue_id}")
+
+
+def censor(value: str) -> str:
+    """command.c: characters outside command_expansion_filter become underscores."""
+    return "".join(c if c in EXPANSION_FILTER else "_" for c in value)
+
+
+async def _talk(proc: asyncio.subprocess.Process, data: bytes) -> bytes:
+    """Feed ``data`` to the command and keep at most OUTPUT_LIMIT bytes of its output
+    (pipe_command.c): the rest is read and dropped, so a chatty command cannot fill the
+    memory of the root service.  Returns once the command exited and closed its output."""
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command stopped reading early: its exit status decides
+        finally:
+            proc.stdin.close()
+
+    writer = asyncio.ensure_future(feed())
+    kept = bytearray()
+    try:
+        while chunk := await proc.stdout.read(65536):
+            if len(kept) < OUTPUT_LIMIT:
+                kept += chunk[:OUTPUT_LIMIT - len(kept)]
+        await writer
+        await proc.wait()
+    finally:
+        if not writer.done():
+            writer.cancel()
+    return bytes(kept)
 
 
 def _spool_ids(spool_directory: str, owner: Owner) -> tuple[int, int]:

@@ -12,7 +12,9 @@ Must not import: server, cli, queue (the child runs only stdlib code and this mo
 Follows: Postfix global/mail_copy.c (MAIL_COPY_MBOX; header order; "error writing message:
 %m"), global/mbox_open.c and mbox_conf.c (lock order: dotlock, open, then fcntl),
 global/dot_lockfile.c ("unable to create lock file %s: %m"), local/mailbox.c (spool_uid and
-chown rules, "destination %s is not a regular file"), local/file.c.
+chown rules, "destination %s is not a regular file", "... is not owned by recipient"),
+local/file.c ("file is executable", MBOX_DOT_LOCK_MAY_FAIL), util/safe_open.c ("file has %d
+hard links"), util/set_eugid.c (setgroups to the one gid).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class MboxError(Exception):
         super().__init__(text)
         self.dsn = dsn
         self.text = text
+
+
+class _DotlockFailed(MboxError):
+    """The lock file could not be created for another reason than "file exists"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +112,8 @@ def dotlock(path: str, locking: Locking) -> str:
             except OSError:
                 continue
         except OSError as exc:
-            raise MboxError(mbox_dsn(exc.errno or 0, "5.2.0"),
-                            f"unable to create lock file {lock}: {exc.strerror}") from None
+            raise _DotlockFailed(mbox_dsn(exc.errno or 0, "5.2.0"),
+                                 f"unable to create lock file {lock}: {exc.strerror}") from None
         if attempt + 1 < locking.attempts:
             time.sleep(locking.delay)
     assert err is not None
@@ -130,31 +136,51 @@ def _fcntl_lock(fd: int, path: str, locking: Locking) -> None:
 
 
 def set_eugid(uid: int, gid: int) -> None:
-    """Postfix set_eugid(): become root, set the effective gid, then the effective uid.
-    A no-op when not running with a saved root uid (unprivileged mode)."""
+    """Postfix set_eugid(): become root, set the effective gid and the group list to that
+    one gid, then the effective uid.  A no-op when not running with a saved root uid (unprivileged mode)."""
     if os.getresuid()[2] != 0 and os.getuid() != 0:
         return
     if os.geteuid() != 0:
         os.seteuid(0)
     os.setegid(gid)
-    os.seteuid(uid)
+    # root's supplementary groups (group 0 among them) must not come along
+    os.setgroups([gid])
+    if uid != 0:
+        os.seteuid(uid)
 
 
 def append(path: str, message: bytes, *, locking: Locking = Locking(),
            regular_only: bool = True, spool: tuple[int, int] | None = None,
-           user: tuple[int, int] | None = None) -> None:
+           user: tuple[int, int] | None = None, owner_uid: int | None = None,
+           dotlock_may_fail: bool = False, refuse_executable: bool = False) -> list[str]:
     """Append ``message`` to the mbox file ``path`` (created 0600 when missing).
 
     ``spool`` are the ids that create the file and its dotlock, ``user`` the ids that
     write it (local/mailbox.c: they differ when the spool directory is not writable by the
     user; a file created by another uid is then given to ``user``).  Both None: the current
-    ids.  A failed write truncates the file to its old length.  Raises MboxError.
+    ids.  An existing file is opened as safe_open() does: no symlink, one hard link, the
+    same file as the name (a link to another file must not be written with our rights).
+    ``owner_uid``: the file must belong to that uid (strict_mailbox_ownership);
+    ``dotlock_may_fail``: a dotlock that cannot be created for another reason than "file
+    exists" is only warned about (local/file.c); ``refuse_executable``: an executable
+    regular file is refused (file.c).  No dotlock for a path that is not a regular file
+    (mbox_open.c: never /dev/null.lock).  A failed write truncates the file to its old
+    length.  Returns warnings to log; raises MboxError.
     """
+    warnings: list[str] = []
     if spool is not None:
         set_eugid(*spool)
-    lock = dotlock(path, locking) if "dotlock" in locking.methods else None
+    lock = None
+    if "dotlock" in locking.methods and _may_dotlock(path):
+        try:
+            lock = dotlock(path, locking)
+        except _DotlockFailed as exc:
+            if not dotlock_may_fail:
+                raise MboxError(exc.dsn, exc.text) from None
+            warnings.append(exc.text)
     try:
-        flags = os.O_APPEND | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO without a reader must fail, not hang the delivery (mbox_open.c)
+        flags = os.O_APPEND | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         created = False
         try:
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -169,11 +195,15 @@ def append(path: str, message: bytes, *, locking: Locking = Locking(),
             raise MboxError(mbox_dsn(exc.errno or 0, "5.2.0"),
                             f"cannot open file: {exc.strerror}") from None
         try:
+            os.set_blocking(fd, True)
+            if not created:
+                _check_opened(fd, path)
             if created and user is not None and spool is not None and spool[0] != user[0]:
                 os.fchown(fd, *user)
             if user is not None and user != spool:
                 set_eugid(*user)
-            _write_locked(fd, path, message, locking, regular_only)
+            _write_locked(fd, path, message, locking, regular_only, owner_uid,
+                          refuse_executable)
         finally:
             os.close(fd)
             if user is not None and spool is not None and user != spool:
@@ -184,16 +214,51 @@ def append(path: str, message: bytes, *, locking: Locking = Locking(),
                 os.unlink(lock)
             except OSError:
                 pass
+    return warnings
+
+
+def _may_dotlock(path: str) -> bool:
+    """mbox_open.c: dotlock a missing or regular file only (stat follows symlinks)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
+
+
+def _check_opened(fd: int, path: str) -> None:
+    """safe_open_exist(): the open file has one hard link, is no directory, and is the
+    file the name points to now (it was not swapped after the open)."""
+    st = os.fstat(fd)
+    if st.st_nlink != 1:
+        raise MboxError("5.2.0", f"file has {st.st_nlink} hard links")
+    if stat.S_ISDIR(st.st_mode):
+        raise MboxError("5.2.0", "file is a directory")
+    try:
+        lst = os.lstat(path)
+    except OSError as exc:
+        raise MboxError("5.2.0",
+                        f"file status changed unexpectedly: {exc.strerror}") from None
+    if (st.st_dev, st.st_ino, st.st_nlink, st.st_mode) != (
+            lst.st_dev, lst.st_ino, lst.st_nlink, lst.st_mode):
+        raise MboxError("5.2.0", "file status changed unexpectedly")
 
 
 def _write_locked(fd: int, path: str, message: bytes, locking: Locking,
-                  regular_only: bool) -> None:
+                  regular_only: bool, owner_uid: int | None = None,
+                  refuse_executable: bool = False) -> None:
     st = os.fstat(fd)
     regular = stat.S_ISREG(st.st_mode)
     if not regular and regular_only:
         raise MboxError("5.2.0", f"destination {path} is not a regular file")
+    if owner_uid is not None and st.st_uid != owner_uid:
+        raise MboxError("4.2.0", f"destination {path} is not owned by recipient")
+    if refuse_executable and regular and st.st_mode & 0o111:
+        raise MboxError("5.7.1", "file is executable")
     if regular and "fcntl" in locking.methods:
         _fcntl_lock(fd, path, locking)
+    if regular and os.fstat(fd).st_nlink != 1:
+        # mbox_open.c: a mailbox removed or linked while we waited for the lock
+        raise MboxError("4.2.0", "target file status changed unexpectedly")
     start = os.lseek(fd, 0, os.SEEK_END) if regular else 0
     try:
         view = memoryview(message)

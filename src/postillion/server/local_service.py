@@ -20,7 +20,8 @@ content follow a line that has ``size``):
               "size": N} + N bytes of queue content
     service: {"forward": {"recipients": [...], "sender": s}, "size": N} + N bytes
     client:  {"queue_id": ID} | {"error": text}
-    service: {"result": {rcpt, status, dsn, relay, text, xfer_time, address}} ... {"done": true}
+    service: {"results": [{rcpt, status, dsn, relay, text, xfer_time, address}, ...]}
+             (one line per recipient, every member of its alias expansion) ... {"done": true}
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import pwd
@@ -48,6 +50,7 @@ SOCKET_NAME = "private/local"
 PRIVATE_MODE = 0o700  # Postfix: private/ is drwx------ postfix
 SOCKET_MODE = 0o600
 UNAVAILABLE = "mail transport unavailable"
+DEFAULT_SIZE_LIMIT = 10240000  # message_size_limit's default
 
 
 class LocalServiceError(PostillionError):
@@ -67,26 +70,56 @@ def is_local_service(service: Any) -> bool:
 
 def bind_local_socket(path: Path, owner_uid: int | None, owner_gid: int | None) -> socket.socket:
     """Create ``private/`` (0700, mail_owner) and the listening socket (root creates it,
-    then gives it to mail_owner, mode 0600).  A stale socket file is replaced."""
+    mode 0600, then gives it to mail_owner).  A stale socket file is replaced.
+
+    The queue directory belongs to mail_owner, who could put a symlink where ``private``
+    or the socket should be: root works through a descriptor of ``private`` opened without
+    following symlinks, binds through ``/proc/self/fd``, and never follows a symlink when
+    it changes an owner."""
     private = path.parent
-    private.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
-    if owner_uid is not None and owner_gid is not None:
-        os.chown(private, owner_uid, owner_gid)
-    os.chmod(private, PRIVATE_MODE)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileExistsError):
+        private.mkdir(mode=PRIVATE_MODE, parents=True)
+    dfd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        sock.bind(str(path))
-        os.chmod(path, SOCKET_MODE)
         if owner_uid is not None and owner_gid is not None:
-            os.chown(path, owner_uid, owner_gid)
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
+            os.fchown(dfd, owner_uid, owner_gid)
+        os.fchmod(dfd, PRIVATE_MODE)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dfd)
+        via = f"/proc/self/fd/{dfd}"
+        where = f"{via}/{path.name}" if os.path.isdir(via) else str(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_mask = os.umask(0o777 & ~SOCKET_MODE)  # born 0600: no chmod by name
+            try:
+                sock.bind(where)
+            finally:
+                os.umask(old_mask)
+            if owner_uid is not None and owner_gid is not None:
+                os.chown(path.name, owner_uid, owner_gid, dir_fd=dfd, follow_symlinks=False)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    finally:
+        os.close(dfd)
     return sock
+
+
+def remove_local_socket(path: Path | str) -> None:
+    """Remove the socket file at stop, without following a symlink put in place of
+    ``private``."""
+    path = Path(path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.unlink(path.name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 # ------------------------------------------------------------------------------ framing
@@ -100,18 +133,24 @@ async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any],
     await writer.drain()
 
 
-async def _receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+async def _receive(reader: asyncio.StreamReader,
+                   max_size: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """One JSON line and the ``size`` bytes after it; ``max_size`` bounds ``size``."""
     line = await reader.readline()
     if not line.endswith(b"\n"):
         raise LocalServiceError("connection closed")
     try:
         obj = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise LocalServiceError(f"bad request line: {exc}") from None
     if not isinstance(obj, dict):
         raise LocalServiceError("bad request line: not an object")
     size = obj.get("size", 0)
-    data = await reader.readexactly(size) if isinstance(size, int) and size > 0 else b""
+    if type(size) is not int or size < 0:
+        raise LocalServiceError("bad request line: bad size")
+    if max_size is not None and size > max_size:
+        raise LocalServiceError(f"request of {size} bytes is larger than {max_size}")
+    data = await reader.readexactly(size) if size > 0 else b""
     return obj, data
 
 
@@ -141,12 +180,12 @@ class LocalServiceAgent:
                 obj, data = await _receive(reader)
                 if "forward" in obj:
                     await _send(writer, await self._forward(obj["forward"], data))
-                elif "result" in obj:
-                    r = obj["result"]
-                    results.append(RecipientResult(
+                elif "results" in obj:  # all members of one recipient, or nothing
+                    results += [RecipientResult(
                         rcpt=int(r["rcpt"]), status=str(r["status"]), dsn=str(r["dsn"]),
                         relay=str(r["relay"]), text=str(r["text"]),
-                        xfer_time=float(r.get("xfer_time", 0.0)), address=r.get("address")))
+                        xfer_time=float(r.get("xfer_time", 0.0)), address=r.get("address"))
+                        for r in obj["results"]]
                 elif obj.get("done"):
                     break
         except (OSError, LocalServiceError, asyncio.IncompleteReadError, KeyError, ValueError):
@@ -210,10 +249,12 @@ def _peer_uid(sock: Any) -> int | None:
 class LocalService:
     """Serves delivery requests with one LocalAgent (aliases read when the service starts)."""
 
-    def __init__(self, agent: Any, log: QueueLog, allowed_uids: set[int]) -> None:
+    def __init__(self, agent: Any, log: QueueLog, allowed_uids: set[int],
+                 max_size: int | None = None) -> None:
         self.agent = agent
         self.log = log
         self.allowed_uids = allowed_uids
+        self.max_size = max_size
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -222,7 +263,7 @@ class LocalService:
                 self.log.warning(f"connection from UID {uid} refused: only mail_owner may "
                                  "request local delivery", process="local")
                 return
-            obj, content = await _receive(reader)
+            obj, content = await _receive(reader, self.max_size)
             recipients = [(int(i), Recipient(address=str(a), orcpt=o if o is None else str(o)))
                           for i, a, o in obj["recipients"]]
             envelope = Envelope(sender=str(obj["sender"]), recipients=[r for _, r in recipients])
@@ -232,10 +273,14 @@ class LocalService:
                 transport="local", nexthop=str(obj.get("nexthop", "")))
             agent = copy.copy(self.agent)
             agent.forwarder = _ConnectionForwarder(reader, writer)
-            for res in await agent.deliver(request):
-                await _send(writer, {"result": {
-                    "rcpt": res.rcpt, "status": res.status, "dsn": res.dsn, "relay": res.relay,
-                    "text": res.text, "xfer_time": res.xfer_time, "address": res.address}})
+            # One line per recipient, sent as soon as it is done: a recipient's members
+            # arrive together or not at all, and a later crash defers only the rest.
+            for member in recipients:
+                results = await self._deliver_one(agent, request, member)
+                await _send(writer, {"results": [
+                    {"rcpt": r.rcpt, "status": r.status, "dsn": r.dsn, "relay": r.relay,
+                     "text": r.text, "xfer_time": r.xfer_time, "address": r.address}
+                    for r in results]})
             await _send(writer, {"done": True})
         except (LocalServiceError, asyncio.IncompleteReadError, KeyError, TypeError,
                 ValueError) as exc:
@@ -243,10 +288,28 @@ class LocalService:
                              process="local")
         except OSError:
             pass  # the queue manager went away; it defers what it did not hear about
+        except Exception as exc:  # noqa: BLE001 -- one request must not stop the service
+            self.log.warning(f"delivery request failed: {type(exc).__name__}: {exc}",
+                             process="local")
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _deliver_one(self, agent: Any, request: DeliveryRequest,
+                           member: tuple[int, Recipient]) -> list[RecipientResult]:
+        """The results for one recipient; a bug in the agent defers it, and the service
+        goes on with the next recipient."""
+        index = member[0]
+        try:
+            results = [r for r in await agent.deliver(
+                dataclasses.replace(request, recipients=[member])) if r.rcpt == index]
+        except Exception as exc:  # noqa: BLE001 -- the recipient is deferred, not lost
+            self.log.warning(f"{request.queue_id}: local delivery to {member[1].address}: "
+                             f"{type(exc).__name__}: {exc}", process="local")
+            results = []
+        return results or [RecipientResult(rcpt=index, status="deferred", dsn="4.3.0",
+                                           relay="local", text="local delivery failed")]
 
 
 def allowed_uids(mail_owner: str) -> set[int]:
@@ -256,6 +319,16 @@ def allowed_uids(mail_owner: str) -> set[int]:
     except KeyError:
         pass
     return uids
+
+
+def request_limit(params: Any) -> int | None:
+    """The largest queue content a request may carry: twice message_size_limit plus
+    room for the headers cleanup adds; None when message_size_limit is 0 (no limit)."""
+    try:
+        limit = int(params.get_int("message_size_limit") or 0)
+    except (PostillionError, ValueError):
+        limit = DEFAULT_SIZE_LIMIT
+    return None if limit <= 0 else 2 * limit + 1024 * 1024
 
 
 def local_main(cfg: Configuration, listeners: list[Any], wctx: Any) -> int:
@@ -272,7 +345,8 @@ async def _serve(cfg: Configuration, listeners: list[Any], wctx: Any) -> int:
     params = cfg.params(listeners[0].service)
     log = QueueLog(params.get("syslog_name") or "postfix", sink=wctx.sinks)
     agent = LocalAgent(params, warn=lambda text: log.warning(text, process="local"))
-    service = LocalService(agent, log, allowed_uids(params.get("mail_owner")))
+    service = LocalService(agent, log, allowed_uids(params.get("mail_owner")),
+                           max_size=request_limit(params))
     handlers: set[asyncio.Task[None]] = set()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

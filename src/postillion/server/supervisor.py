@@ -690,10 +690,10 @@ def _stays_root(service: Service) -> bool:
 def _close_socket(endpoint: Endpoint, sock: socket.socket) -> None:
     sock.close()
     if endpoint.family == socket.AF_UNIX:
-        try:
-            remove_quietly(Path(endpoint.host))
-        except OSError:
-            pass  # a stale socket file is replaced at the next start
+        from postillion.server.local_service import remove_local_socket
+
+        # never through a symlink mail_owner may have put in place of private/
+        remove_local_socket(endpoint.host)
 
 
 def _kill(pid: int, sig: int) -> None:

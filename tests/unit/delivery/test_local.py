@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 
 from postillion.config import Params
 from postillion.delivery import DeliveryRequest, RecipientResult, merge_member_results
-from postillion.delivery.local import LocalAgent, MemberResult
+from postillion.delivery.aliases import Leaf
+from postillion.delivery.local import LocalAgent, MemberResult, censor
 from postillion.delivery.maildir import (
     MaildirError,
     delivered_to_loop,
@@ -256,3 +258,53 @@ def test_write_maildir_error_texts(homes: Path) -> None:
     assert info.value.dsn == "4.2.0"
     assert info.value.text.startswith(f"create maildir file {blocker}/Maildir/tmp/")
     assert info.value.text.endswith(": Not a directory")
+
+
+# --------------------------------------------------------------- review fixes: commands, rights
+
+
+def test_command_environment_is_censored_like_command_expansion_filter() -> None:
+    assert censor("a;b$(id)`x`@ex-1.test/+=%,:!") == "a_b__id__x_@ex-1.test/+=%,:!"
+
+
+@pytest.mark.root
+def test_command_output_is_bounded_and_time_limit_kills_the_group(homes: Path) -> None:
+    out = homes / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    (homes / "aliases").write_text(
+        'chatty: "|yes x | head -c 3000000; exit 1"\n'
+        f'slow: "|sleep 30 & echo $! > {out}/bg; wait"\n'
+        'env: "|env; exit 1"\n')
+    nobody = pwd.getpwnam("nobody").pw_uid
+    a, _, _ = agent(homes, {"nobody": nobody}, alias_maps="texthash:aliases",
+                    allow_mail_to_commands="alias", command_time_limit="1s")
+    [chatty, slow, env] = deliver(a, request("chatty@mx.test", "slow@mx.test",
+                                             "env+a;b$c@mx.test"))
+    assert chatty == ("bounced", "5.3.0", "local",
+                      'Command died with status 1: "yes x | head -c 3000000; exit 1". '
+                      "Command output: " + "x " * 2048)
+    assert slow == ("bounced", "5.3.0", "local",
+                    f'Command time limit exceeded: "sleep 30 & echo $! > {out}/bg; wait"')
+    bg = int((out / "bg").read_text())
+    with pytest.raises(ProcessLookupError):  # the whole process group was killed
+        for _ in range(50):
+            os.kill(bg, 0)
+            time.sleep(0.05)
+    text = env[3]
+    assert " PATH=/usr/bin:/bin " in text, text
+    assert " LOCAL=env+a_b_c " in text and " RECIPIENT=env+a_b_c@mx.test " in text, text
+    assert " USER=env " in text and f" HOME={homes}/nobody " in text, text
+
+
+@pytest.mark.root
+def test_alias_owner_with_group_0_gets_default_privs_group(homes: Path) -> None:
+    (homes / "aliases").write_text("prog: |/bin/true\n")
+    os.chown(homes / "aliases", OTHER_UID, 0)
+    nobody = pwd.getpwnam("nobody")
+    a, _, _ = agent(homes, {"nobody": nobody.pw_uid}, alias_maps="texthash:aliases")
+    a._getpwuid = lambda uid: pwd.struct_passwd(("owner", "x", uid, 0, "", "/h", "/bin/sh"))
+    leaf = Leaf("command", "prog@mx.test", user="prog", target="/bin/true",
+                source=str(homes / "aliases"))
+    rights = a._rights(leaf)
+    assert (rights.uid, rights.gid, rights.name) == (OTHER_UID, nobody.pw_uid, "owner")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import time
@@ -10,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from postillion.delivery.local import command_status
-from postillion.delivery.mbox import Locking, MboxError, append, command_input, mbox_message
+from postillion.delivery.mbox import (
+    Locking,
+    MboxError,
+    append,
+    command_input,
+    mbox_message,
+    run_as,
+    set_eugid,
+)
 
 NOW = time.mktime((2025, 1, 2, 3, 4, 5, 0, 0, -1))
+FAST = Locking(attempts=1, delay=0.01)
 CONTENT = b"Subject: x\r\n\r\nFrom me\r\n>From you\r\nFrom\r\n"
 
 
@@ -80,3 +90,91 @@ def test_command_status_follows_pipe_command(code: int, output: bytes,
                                              expected: tuple[str, str, str]) -> None:
     o = command_status("cmd", code, output)
     assert (o.status, o.dsn, o.text) == expected
+
+
+# --------------------------------------------------------------- review fixes: safe_open etc.
+
+
+def _ids_after_set_eugid(uid: int, gid: int) -> list[object]:
+    set_eugid(uid, gid)
+    return [os.getresuid(), os.getegid(), os.getgroups()]
+
+
+@pytest.mark.root
+def test_set_eugid_leaves_no_supplementary_groups() -> None:
+    os.setgroups([0, 4])  # root's groups must not follow the recipient's effective ids
+    try:
+        assert asyncio.run(run_as(_ids_after_set_eugid, 1001, 1002)) == [
+            [0, 1001, 0], 1002, [1002]]
+    finally:
+        os.setgroups([0])
+
+
+def test_hard_linked_mailbox_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "shadow"
+    target.write_bytes(b"secret\n")
+    os.link(target, tmp_path / "alice")
+    with pytest.raises(MboxError) as info:
+        append(str(tmp_path / "alice"), b"x\n", locking=FAST)
+    assert (info.value.dsn, info.value.text) == ("5.2.0", "file has 2 hard links")
+    assert target.read_bytes() == b"secret\n"
+
+
+def test_symlinked_mailbox_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "shadow"
+    target.write_bytes(b"secret\n")
+    (tmp_path / "alice").symlink_to(target)
+    with pytest.raises(MboxError) as info:
+        append(str(tmp_path / "alice"), b"x\n", locking=FAST)
+    assert (info.value.dsn, info.value.text) == (
+        "5.2.0", "cannot open file: Too many levels of symbolic links")
+    assert target.read_bytes() == b"secret\n"
+
+
+def test_mailbox_owned_by_someone_else_defers(tmp_path: Path) -> None:
+    box = tmp_path / "alice"
+    box.write_bytes(b"")
+    with pytest.raises(MboxError) as info:
+        append(str(box), b"x\n", locking=FAST, owner_uid=os.getuid() + 1)
+    assert (info.value.dsn, info.value.text) == (
+        "4.2.0", f"destination {box} is not owned by recipient")
+    assert box.read_bytes() == b""
+    append(str(box), b"x\n", locking=FAST, owner_uid=os.getuid())
+    assert box.read_bytes() == b"x\n"
+
+
+def test_executable_file_is_refused_for_file_deliveries(tmp_path: Path) -> None:
+    path = tmp_path / "script"
+    path.write_bytes(b"#!/bin/sh\n")
+    path.chmod(0o700)
+    with pytest.raises(MboxError) as info:
+        append(str(path), b"x\n", locking=FAST, regular_only=False, refuse_executable=True)
+    assert (info.value.dsn, info.value.text) == ("5.7.1", "file is executable")
+    assert path.read_bytes() == b"#!/bin/sh\n"
+
+
+def test_fifo_is_not_dotlocked_and_a_fifo_without_reader_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(MboxError) as info:  # no reader: fails at once (O_NONBLOCK)
+        append(str(fifo), b"x\n", locking=FAST, regular_only=False)
+    assert (info.value.dsn, info.value.text) == ("5.2.0",
+                                                 "cannot open file: No such device or address")
+    (tmp_path / "pipe.lock").write_text("")  # mbox_open.c: never dotlock a non-file
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert append(str(fifo), b"x\n", locking=FAST, regular_only=False) == []
+        assert os.read(reader, 100).endswith(b"x\n")
+    finally:
+        os.close(reader)
+
+
+def test_dotlock_may_fail_for_files_warns_and_delivers(tmp_path: Path) -> None:
+    path = tmp_path / ("m" * 252)  # the name fits, NAME.lock does not
+    with pytest.raises(MboxError) as info:
+        append(str(path), b"x\n", locking=FAST)
+    assert (info.value.dsn, info.value.text) == (
+        "5.2.0", f"unable to create lock file {path}.lock: File name too long")
+    assert append(str(path), b"x\n", locking=FAST, dotlock_may_fail=True) == [
+        f"unable to create lock file {path}.lock: File name too long"]
+    assert path.read_bytes() == b"x\n"
