@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from postillion.sasl.userdb import NoSuchUserError, UserDBError
+from postillion.sasl.userdb import NoSuchUserError, UserDBError, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_aliases (
@@ -113,28 +112,9 @@ class AliasStore:
             # The file appears with the first `postillion user add`; before that nobody exists.
             raise UserDBError(f"user database {self.path} does not exist "
                               "(create it with: postillion user add NAME)")
-        mode = "rw" if write else "ro"
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
-        try:
-            db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise UserDBError(f"cannot open user database {self.path}: {exc}") from exc
-        try:
-            if write:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute(_SCHEMA)
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            else:
-                yield db
-        except sqlite3.Error as exc:
-            raise UserDBError(f"user database {self.path}: {exc}") from exc
-        finally:
-            db.close()
+        # userdb's helper: the same URI, schema check and write transaction as the user tables.
+        with connect(self.path, write=write, prepare=lambda db: db.execute(_SCHEMA)) as db:
+            yield db
 
 
 def _has_table(db: sqlite3.Connection) -> bool:

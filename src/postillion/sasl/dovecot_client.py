@@ -199,6 +199,9 @@ class DovecotAuthClient:
             raise AuthBackendError(
                 f"Dovecot auth server '{self.endpoint.name}' did not answer within "
                 f"{self.request_timeout:g} seconds") from None
+        except asyncio.CancelledError:
+            conn.pending.pop(request_id, None)  # the session went away: forget the request
+            raise
         if reply is None:
             self._drop(conn, request_id)
             raise AuthBackendError(
@@ -352,7 +355,7 @@ def handshake_sync(endpoint: Endpoint, timeout: float = AUTH_TIMEOUT) -> proto.S
                     return handshake
         except proto.ProtocolViolation as exc:
             raise AuthBackendError(f"{exc} ('{endpoint.name}')") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise AuthBackendError(f"Couldn't send handshake to '{endpoint.name}': {exc}") from exc
 
 

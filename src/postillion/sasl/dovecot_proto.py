@@ -49,6 +49,14 @@ class ProtocolViolation(ValueError):
     """A line that does not follow the protocol; the message says what was wrong."""
 
 
+def number(text: str) -> int | None:
+    """An unsigned 32-bit decimal (request ids, versions), else None: ``str.isdigit`` alone
+    would pass "²" and 5000-digit strings, which ``int()`` then refuses with ValueError."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > 0xFFFFFFFF:
+        return None
+    return int(text)
+
+
 def escape(value: str) -> str:
     """TAB-escape one parameter value (Dovecot str_tabescape)."""
     return _NEEDS_ESCAPE.sub(lambda m: _ESCAPE[m.group(0)], value)
@@ -174,7 +182,7 @@ def parse_request(line: bytes | str) -> AuthRequest | ContRequest | tuple[str, l
     fields = split_line(line)
     cmd, args = fields[0], fields[1:]
     if cmd == "AUTH":
-        if len(args) < 2 or not args[0].isdigit() or int(args[0]) == 0 or not args[1]:
+        if len(args) < 2 or not number(args[0]) or not args[1]:
             raise ProtocolViolation("broken AUTH request")
         rest = args[2:]
         resp: str | None = None
@@ -187,7 +195,7 @@ def parse_request(line: bytes | str) -> AuthRequest | ContRequest | tuple[str, l
                 break
         return AuthRequest(int(args[0]), args[1], Params.parse(rest), resp)
     if cmd == "CONT":
-        if len(args) < 2 or not args[0].isdigit():
+        if len(args) < 2 or number(args[0]) is None:
             raise ProtocolViolation("broken CONT request")
         return ContRequest(int(args[0]), args[1])
     return cmd, args
@@ -269,7 +277,7 @@ def parse_reply(line: bytes | str) -> AuthReply | None:
     cmd, args = fields[0], fields[1:]
     if cmd not in ("OK", "CONT", "FAIL"):
         return None
-    if not args or not args[0].isdigit():
+    if not args or number(args[0]) is None:
         raise ProtocolViolation("SASL: Protocol error")
     request_id = int(args[0])
     if cmd == "CONT":
@@ -295,7 +303,7 @@ class ServerHandshake:
         fields = split_line(line)
         cmd, args = fields[0], fields[1:]
         if cmd == "VERSION":
-            if len(args) < 2 or not (args[0].isdigit() and args[1].isdigit()):
+            if len(args) < 2 or number(args[0]) is None or number(args[1]) is None:
                 raise ProtocolViolation(VERSION_ERROR)
             major = int(args[0])
             if major != MAJOR_VERSION:

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from postillion.sasl.verifiers import Verifier
 
 FAILURE_DELAY = 2.0  # Dovecot auth_failure_delay default
+# Ours: requests one connection may have open at once (Postfix has one per smtpd process); a
+# client beyond it is dropped, so it cannot queue unbounded password checks.
+MAX_REQUESTS = 100
 MECHANISMS = (
     proto.Mech("PLAIN", frozenset({"plaintext"})),
     proto.Mech("LOGIN", frozenset({"plaintext"})),
@@ -114,7 +117,7 @@ class DovecotAuthServer:
                 if first:
                     first = False
                     fields = proto.split_line(line)
-                    if fields[0] != "VERSION" or len(fields) < 2 or not fields[1].isdigit():
+                    if fields[0] != "VERSION" or len(fields) < 2 or proto.number(fields[1]) is None:
                         self.log("client did not start with VERSION; disconnecting")
                         break
                     if int(fields[1]) != proto.MAJOR_VERSION:
@@ -136,9 +139,15 @@ class DovecotAuthServer:
                     if req.id in requests:
                         self.log(f"client {cpid}: duplicate request id {req.id}; disconnecting")
                         break
+                    if len(requests) >= MAX_REQUESTS or len(tasks) >= MAX_REQUESTS:
+                        self.log(f"client {cpid}: more than {MAX_REQUESTS} requests at once; "
+                                 "disconnecting")
+                        break
                     self._auth(req, requests, tasks, writer)
                 else:
                     self._cont(req, requests, tasks, writer)
+                # A client that does not read its replies must not make us buffer them forever.
+                await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -193,18 +202,19 @@ class DovecotAuthServer:
         if isinstance(step, Credentials):
             coro = self._verify(request_id, request, step, requests, writer)
         elif isinstance(step, Failed):
-            coro = self._fail(request_id, step, requests, writer)
+            coro = self._fail(request_id, request, step, requests, writer)
         else:  # steps of secret-based mechanisms (SCRAM): never offered here
-            coro = self._fail(request_id, Failed(reason=mechanisms.AUTH_FAILURE), requests, writer)
+            coro = self._fail(request_id, request, Failed(reason=mechanisms.AUTH_FAILURE),
+                              requests, writer)
         task = asyncio.create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _fail(self, request_id: int, step: Failed, requests: dict[int, _Request],
-                    writer: asyncio.StreamWriter) -> None:
+    async def _fail(self, request_id: int, request: _Request, step: Failed,
+                    requests: dict[int, _Request], writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(self.failure_delay)
-        requests.pop(request_id, None)
-        writer.write(proto.fail_reply(request_id, user=step.username))
+        if _finish(requests, request_id, request):
+            writer.write(proto.fail_reply(request_id, user=step.username))
 
     async def _verify(self, request_id: int, request: _Request, cred: Credentials,
                       requests: dict[int, _Request], writer: asyncio.StreamWriter) -> None:
@@ -222,19 +232,29 @@ class DovecotAuthServer:
             )
         except AuthBackendError as exc:
             self.log(f"{where}: temporary failure: {exc.detail}")
-            requests.pop(request_id, None)
-            writer.write(proto.fail_reply(request_id, user=cred.authcid,
-                                          code=proto.CODE_TEMPFAIL))
+            if _finish(requests, request_id, request):
+                writer.write(proto.fail_reply(request_id, user=cred.authcid,
+                                              code=proto.CODE_TEMPFAIL))
             return
         if ok:
             self.log(f"{where}: authenticated")
-            requests.pop(request_id, None)
-            writer.write(proto.ok_reply(request_id, cred.authcid))
+            if _finish(requests, request_id, request):
+                writer.write(proto.ok_reply(request_id, cred.authcid))
             return
         self.log(f"{where}: password mismatch")
         await asyncio.sleep(self.failure_delay)
-        requests.pop(request_id, None)
-        writer.write(proto.fail_reply(request_id, user=cred.authcid))
+        if _finish(requests, request_id, request):
+            writer.write(proto.fail_reply(request_id, user=cred.authcid))
+
+
+def _finish(requests: dict[int, _Request], request_id: int, request: _Request) -> bool:
+    """Forget the request; False when it had already ended (a CONT sent while it was being
+    checked got "Unexpected continuation"), so no second reply goes out for its id, which the
+    client may already be using for a new request."""
+    if requests.get(request_id) is not request:
+        return False
+    del requests[request_id]
+    return True
 
 
 def _decode(text: str) -> bytes | None:

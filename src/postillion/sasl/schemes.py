@@ -24,19 +24,19 @@ from postillion.sasl import unixcrypt
 
 DEFAULT_SCHEME = "CRYPT"  # passwd-file's default_pass_scheme
 
-_CRYPT = frozenset({"CRYPT", "DES-CRYPT", "MD5-CRYPT", "MD5", "SHA256-CRYPT", "SHA512-CRYPT",
+_CRYPT = frozenset({"CRYPT", "DES-CRYPT", "MD5-CRYPT", "SHA256-CRYPT", "SHA512-CRYPT",
                     "BLF-CRYPT"})
+_MD5 = "MD5"  # Dovecot: MD5-CRYPT when the data starts with $1$, else PLAIN-MD5
 _PLAIN = frozenset({"PLAIN", "CLEAR", "CLEARTEXT"})
 _DIGESTS = {"SHA": "sha1", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512",
             "LDAP-MD5": "md5", "PLAIN-MD5": "md5"}
 _SALTED = {"SSHA": "sha1", "SSHA256": "sha256", "SSHA512": "sha512", "SMD5": "md5"}
 _ARGON2 = frozenset({"ARGON2I", "ARGON2ID"})
 _SCRAM = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
-# Schemes whose native encoding is hex rather than base64.
-_HEX_DEFAULT = frozenset({"PLAIN-MD5"})
+MAX_SCRAM_ITERATIONS = 10_000_000  # as sasl.scram: a stored count must not make a login take minutes
 
 SUPPORTED_SCHEMES: frozenset[str] = (
-    _CRYPT | _PLAIN | frozenset(_DIGESTS) | frozenset(_SALTED) | _ARGON2 | frozenset(_SCRAM)
+    _CRYPT | {_MD5} | _PLAIN | frozenset(_DIGESTS) | frozenset(_SALTED) | _ARGON2 | frozenset(_SCRAM)
 )
 
 
@@ -71,16 +71,21 @@ def verify(stored: str, password: str, default: str = DEFAULT_SCHEME) -> bool:
     """True when ``password`` matches ``stored`` (``{SCHEME}data``).  Blocking."""
     scheme, data, encoding = split_scheme(stored, default)
     if scheme in _PLAIN:
-        return hmac.compare_digest(data.encode("utf-8"), password.encode("utf-8"))
-    if scheme in _CRYPT:
+        # PLAIN is stored as it is, unless a .HEX/.B64 suffix says otherwise.
+        raw = _decode(data, encoding) if encoding else data.encode("utf-8")
+        return hmac.compare_digest(raw, password.encode("utf-8"))
+    if scheme in _CRYPT or (scheme == _MD5 and data.startswith("$1$")):
         return unixcrypt.verify(password, data)
+    if scheme == _MD5:  # Dovecot's md5_verify: not MD5-CRYPT, so PLAIN-MD5
+        raw = _decode_digest(data, encoding, "md5")
+        return hmac.compare_digest(raw, hashlib.md5(password.encode()).digest())
     if scheme in _ARGON2:
         try:
             return PasswordHasher().verify(data, password)
         except (VerificationError, InvalidHashError):
             return False
     if scheme in _DIGESTS:
-        raw = _decode(data, encoding or ("hex" if scheme in _HEX_DEFAULT else "b64"))
+        raw = _decode_digest(data, encoding, _DIGESTS[scheme])
         return hmac.compare_digest(raw, hashlib.new(_DIGESTS[scheme], password.encode()).digest())
     if scheme in _SALTED:
         algo = _SALTED[scheme]
@@ -112,13 +117,26 @@ class DovecotScramKeys:
 def scram_keys(data: str) -> DovecotScramKeys:
     """Parse the part after ``{SCRAM-SHA-*}``."""
     fields = data.split(",")
-    if len(fields) != 4 or not fields[0].isdigit():
+    if len(fields) != 4 or not (fields[0].isascii() and fields[0].isdigit()):
         raise SchemeError("SCRAM password is not iterations,salt,StoredKey,ServerKey")
+    if not 1 <= int(fields[0]) <= MAX_SCRAM_ITERATIONS:
+        raise SchemeError(f"SCRAM password has an iteration count out of range: {fields[0]}")
     try:
         salt, stored, server = (base64.b64decode(f, validate=True) for f in fields[1:])
     except binascii.Error as exc:
         raise SchemeError(f"SCRAM password has bad base64: {exc}") from exc
     return DovecotScramKeys(int(fields[0]), salt, stored, server)
+
+
+def _decode_digest(data: str, encoding: str | None, algo: str) -> bytes:
+    """A fixed-size digest as Dovecot's password_decode() reads it: with no .HEX/.B64 suffix,
+    hex when the text is exactly twice the digest size long (and is hex), else base64."""
+    if encoding is None and len(data) == 2 * hashlib.new(algo).digest_size:
+        try:
+            return bytes.fromhex(data)
+        except ValueError:
+            pass  # Dovecot falls through to base64 too
+    return _decode(data, encoding or "b64")
 
 
 def _decode(data: str, encoding: str) -> bytes:

@@ -13,8 +13,9 @@ RFC 5929 / RFC 9266 (channel-binding types), RFC 4013 (SASLprep of the password)
 Failure reasons: every malformed message, a GS2 flag that breaks the channel-binding rules and
 a channel-binding mismatch are ``bad protocol / cancel`` (Cyrus SASL_BADPROT); a wrong proof,
 an unknown user and a user without keys are all ``authentication failure``.  Unknown users get
-a made-up but stable salt and the normal server-first message, so the exchange does not tell
-who exists (RFC 5802 section 9).
+a made-up but stable salt (keyed with the store's ``Decoy`` key) and the store's iteration count
+in the normal server-first message, so the exchange does not tell who exists (RFC 5802
+section 9).
 """
 
 from __future__ import annotations
@@ -113,16 +114,32 @@ def make_credentials(
     )
 
 
-# Stable made-up salts for unknown users: the same name always gets the same salt within one
-# process, and nothing about it depends on whether the user exists.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decoy:
+    """A secret store's answer for a name it has no keys for (unknown user, or keys not set yet).
+
+    The made-up server-first message must look like a real user's: ``iterations`` is the count
+    the store gives its users (``postillion_scram_iterations``), and ``key`` is a secret kept with
+    the store, so a name's made-up salt is the same in every worker process and after a restart
+    (a salt that changed between connections would tell that the name does not exist).
+    """
+
+    iterations: int = DEFAULT_ITERATIONS
+    key: bytes = field(default=b"", repr=False)
+
+
+# Used when the store has no decoy key: stable within this process only.
 _DUMMY_SECRET = os.urandom(32)
 
 
-def _dummy_credentials(hash_name: str, username: str) -> ScramCredentials:
-    salt = hmac.digest(_DUMMY_SECRET, username.encode("utf-8", "surrogatepass"), "sha256")[:SALT_SIZE]
+def _dummy_credentials(hash_name: str, username: str, decoy: Decoy) -> ScramCredentials:
+    # The hash name is part of the input: a real user's SHA-1 and SHA-256 salts differ.
+    msg = f"{hash_name}\0{username}".encode("utf-8", "surrogatepass")
+    salt = hmac.digest(decoy.key or _DUMMY_SECRET, msg, "sha256")[:SALT_SIZE]
     size = hashlib.new(hash_name).digest_size
+    iterations = decoy.iterations if 1 <= decoy.iterations <= MAX_ITERATIONS else DEFAULT_ITERATIONS
     return ScramCredentials(
-        salt=salt, iterations=DEFAULT_ITERATIONS, stored_key=os.urandom(size), server_key=os.urandom(size)
+        salt=salt, iterations=iterations, stored_key=os.urandom(size), server_key=os.urandom(size)
     )
 
 
@@ -187,14 +204,17 @@ class Scram:
         return self._fail(BAD_PROTOCOL)
 
     def with_secret(self, secret: object | None) -> Step:
-        """The stored keys asked for with NeedSecret (None: unknown user or no keys)."""
+        """The stored keys asked for with NeedSecret (None or a ``Decoy``: unknown user or no
+        keys)."""
         if self._stage != "lookup":
             raise RuntimeError("Scram.with_secret: no secret was asked for")
         assert self._username is not None
         if isinstance(secret, ScramCredentials) and len(secret.stored_key) == self._size:
             self._creds, self._known = secret, True
         else:
-            self._creds, self._known = _dummy_credentials(self._hash, self._username), False
+            decoy = secret if isinstance(secret, Decoy) else Decoy()
+            self._creds = _dummy_credentials(self._hash, self._username, decoy)
+            self._known = False
         self._nonce = self._client_nonce + self._server_nonce
         salt = base64.b64encode(self._creds.salt).decode("ascii")
         self._server_first = f"r={self._nonce},s={salt},i={self._creds.iterations}"

@@ -27,6 +27,11 @@ On-disk format (``postillion_user_database``), schema version 2::
         PRIMARY KEY (name, scheme)
     );
 
+One ``secrets`` row belongs to no user: name ``""`` (no user can have it), scheme
+``SCRAM-DECOY-KEY``, value 64 hex digits of random key.  SCRAM keys the made-up salts of
+unknown users with it, so they stay the same in every worker and after restarts.  Every write
+adds it when missing; until then each worker uses a key of its own.
+
 Version 1 files (no ``secrets`` table) are still read; the first change made with
 ``postillion user`` upgrades them in place.  Users whose password was set before then have no
 SCRAM keys: SCRAM fails for them (logged, with the fix) until ``postillion user passwd NAME``.
@@ -62,6 +67,7 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 NAME_LIMIT = 255  # bytes of UTF-8; saslauthd's MAX_REQ_LEN is 256 with the NUL
 SCRAM_SCHEMES = ("SCRAM-SHA-1", "SCRAM-SHA-256")
+DECOY_NAME, DECOY_SCHEME = "", "SCRAM-DECOY-KEY"  # the secrets row that is no user's
 
 _SECRETS_TABLE = """
 CREATE TABLE secrets (
@@ -136,6 +142,7 @@ class UserDB:
         self.store_cram_md5 = store_cram_md5  # postillion_cram_md5_enable
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
+        self._decoy_key: bytes | None = None
 
     # --- administration (postillion user ...) -------------------------------------------
 
@@ -161,6 +168,14 @@ class UserDB:
         check_username(name)
         scheme = schemes.check_supported(stored)
         rows = [(scheme, stored.partition("}")[2])] if scheme in SCRAM_SCHEMES else []
+        for _, value in rows:
+            # Refused here rather than failing (as a backend error) at every login later.
+            try:
+                creds = ScramCredentials.from_text(value)
+            except ValueError as exc:
+                raise UserDBError(f"user {name}: {scheme} password: {exc}") from None
+            if len(creds.stored_key) != hashlib.new(scram.HASHES[scheme]).digest_size:
+                raise UserDBError(f"user {name}: {scheme} password: wrong key size")
         now = _now()
         with self._connect(write=True) as db:
             try:
@@ -244,6 +259,18 @@ class UserDB:
         except ValueError as exc:
             raise UserDBError(f"user database {self.path}: {scheme} secret of {name}: {exc}") from None
 
+    def scram_decoy(self) -> scram.Decoy:
+        """What SCRAM shows for a name without keys: this store's iteration count and key."""
+        if self._decoy_key is None:
+            value = self._secret(DECOY_NAME, DECOY_SCHEME, user=False)
+            try:
+                key = bytes.fromhex(value) if value is not None else b""
+            except ValueError:
+                key = b""
+            if len(key) >= 16:
+                self._decoy_key = key  # never changes once written
+        return scram.Decoy(iterations=self.scram_iterations, key=self._decoy_key or b"")
+
     def cram_md5_secret(self, name: str) -> bytes | None:
         """The 32-byte CRAM-MD5 secret of ``name``, or None (unknown user or none stored)."""
         value = self._secret(name, crammd5.SCHEME)
@@ -279,13 +306,13 @@ class UserDB:
             [(name, scheme, value) for scheme, value in rows],
         )
 
-    def _secret(self, name: str, scheme: str) -> str | None:
+    def _secret(self, name: str, scheme: str, *, user: bool = True) -> str | None:
         with self._connect() as db:
             if not _has_secrets_table(db):
                 return None  # a version 1 file that no write has upgraded yet
             row = db.execute(
-                "SELECT value FROM secrets WHERE name = ? AND scheme = ? AND name IN "
-                "(SELECT name FROM users)",
+                "SELECT value FROM secrets WHERE name = ? AND scheme = ?"
+                + (" AND name IN (SELECT name FROM users)" if user else ""),
                 (name, scheme),
             ).fetchone()
         return row[0] if row is not None else None
@@ -301,50 +328,8 @@ class UserDB:
             raise UserDBError(f"user database {self.path} is open read-only")
         if write:
             self._create_if_missing()
-            uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=rw"
-        else:
-            uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
-        try:
-            db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise UserDBError(f"cannot open user database {self.path}: {_why(exc, self.path)}") from exc
-        try:
-            self._check_schema(db)
-            if write:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._migrate(db)
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            else:
-                yield db
-        except sqlite3.Error as exc:
-            raise UserDBError(f"user database {self.path}: {exc}") from exc
-        finally:
-            db.close()
-
-    def _check_schema(self, db: sqlite3.Connection) -> None:
-        try:
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise UserDBError(
-                f"{self.path} is not a postillion user database ({exc})"
-            ) from exc
-        if row is None or row[0] not in READABLE_VERSIONS:
-            raise UserDBError(
-                f"{self.path}: unsupported schema version {row[0] if row else None}"
-                f" (this postillion reads versions {', '.join(map(str, READABLE_VERSIONS))})"
-            )
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Version 1 → 2: add the secrets table (inside the caller's write transaction)."""
-        if db.execute("SELECT version FROM schema_version").fetchone()[0] == 1:
-            db.execute(_SECRETS_TABLE)  # not executescript(), which would COMMIT first
-            db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        with connect(self.path, write=write, prepare=_migrate) as db:
+            yield db
 
     def _create_if_missing(self) -> None:
         if self.path.exists():
@@ -368,6 +353,62 @@ class UserDB:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def connect(
+    path: Path, *, write: bool = False, prepare: Callable[[sqlite3.Connection], object] | None = None
+) -> Iterator[sqlite3.Connection]:
+    """A short-lived connection to the user database file at ``path`` (never created here),
+    its schema version checked.  ``write=True`` yields inside a ``BEGIN IMMEDIATE`` transaction
+    that ``prepare(db)`` (schema upgrades) runs in first, committed when the block ends."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'rw' if write else 'ro'}"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise UserDBError(f"cannot open user database {path}: {_why(exc, path)}") from exc
+    try:
+        _check_schema(db, path)
+        if write:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if prepare is not None:
+                    prepare(db)
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        else:
+            yield db
+    except sqlite3.Error as exc:
+        raise UserDBError(f"user database {path}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    try:
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise UserDBError(f"{path} is not a postillion user database ({exc})") from exc
+    if row is None or row[0] not in READABLE_VERSIONS:
+        raise UserDBError(
+            f"{path}: unsupported schema version {row[0] if row else None}"
+            f" (this postillion reads versions {', '.join(map(str, READABLE_VERSIONS))})"
+        )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Version 1 → 2: add the secrets table; any version: add the decoy key if missing (inside
+    the caller's write transaction)."""
+    if db.execute("SELECT version FROM schema_version").fetchone()[0] == 1:
+        db.execute(_SECRETS_TABLE)  # not executescript(), which would COMMIT first
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    db.execute(
+        "INSERT OR IGNORE INTO secrets (name, scheme, value) VALUES (?, ?, ?)",
+        (DECOY_NAME, DECOY_SCHEME, os.urandom(32).hex()),
+    )
 
 
 def _has_secrets_table(db: sqlite3.Connection) -> bool:

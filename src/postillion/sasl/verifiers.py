@@ -30,6 +30,7 @@ from postillion.sasl.mechanisms import (
     SUPPORTED_MECHANISMS,
 )
 from postillion.sasl.saslauthd import DEFAULT_SOCKET, DEFAULT_TIMEOUT, saslauthd_check, split_realm
+from postillion.sasl.scram import DEFAULT_ITERATIONS
 from postillion.sasl.userdb import SuccessCache, UserDB, UserDBError
 
 if TYPE_CHECKING:
@@ -64,9 +65,12 @@ class UserDBVerifier:
     """Checks against the postillion user database (argon2 runs in a worker thread), and hands
     out the SCRAM keys and CRAM-MD5 secrets stored there."""
 
-    def __init__(self, path: Path | str, *, cache_ttl: float = 0.0) -> None:
+    def __init__(
+        self, path: Path | str, *, cache_ttl: float = 0.0, scram_iterations: int = DEFAULT_ITERATIONS
+    ) -> None:
         self.path = Path(path)
-        self._db = UserDB(self.path, readonly=True)
+        # scram_iterations: what `postillion user` gives new users, shown to unknown ones too
+        self._db = UserDB(self.path, readonly=True, scram_iterations=scram_iterations)
         self._cache = SuccessCache(cache_ttl) if cache_ttl > 0 else None
 
     async def verify(
@@ -97,9 +101,14 @@ class UserDBVerifier:
             secret = self._db.cram_md5_secret(username)
         else:
             secret = self._db.scram_credentials(username, scheme)
-        if secret is not None or not self._db.user_exists(username):
+        if secret is not None:
             return secret, None
-        return None, (
+        if scheme != CRAM_MD5:
+            # SCRAM answers unknown users with made-up keys that must look like real ones.
+            secret = self._db.scram_decoy()
+        if not self._db.user_exists(username):
+            return secret, None
+        return secret, (
             f"no {scheme} secret for user {username} (its password was set before {scheme} was "
             f"stored; set it again with: postillion user passwd {username})"
         )
@@ -175,7 +184,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
         dirs = ", ".join(str(d) for d in sasl_conf_search_path(params))
         app = params.get("smtpd_sasl_path") or "smtpd"
         return SaslServerConfig(
-            verifier=UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl")),
+            verifier=_userdb_verifier(db, params),
             mechanisms=_usable(SUPPORTED_MECHANISMS, secrets=True, cram=_cram_enabled(params)),
             description=f"postillion user database {db} (no {app}.conf in {dirs})",
         )
@@ -209,7 +218,7 @@ def make_sasl_server(params: Params) -> SaslServerConfig:
                 "pwcheck_method: saslauthd with saslauthd -a sasldb",
             )
         db = _user_database(params)
-        verifier = UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl"))
+        verifier = _userdb_verifier(db, params)
         description = f"postillion user database {db} (from {conf_path})"
     else:
         raise ConfigError(
@@ -269,6 +278,11 @@ def _mechanisms(
             fix=f"add {' '.join(_usable(SUPPORTED_MECHANISMS, secrets=secrets, cram=False))}",
         )
     return chosen
+
+
+def _userdb_verifier(path: Path, params: Params) -> UserDBVerifier:
+    return UserDBVerifier(path, cache_ttl=params.get_time("postillion_auth_cache_ttl"),
+                          scram_iterations=params.get_int("postillion_scram_iterations"))
 
 
 def _user_database(params: Params) -> Path:

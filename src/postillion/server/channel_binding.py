@@ -9,9 +9,13 @@ SSL_get_certificate(3).
 Python 3.11's ssl module can neither export keying material nor show the server its own
 certificate, so both come from OpenSSL through ctypes, on the ``SSL *`` that CPython's
 ``_ssl._SSLSocket`` object keeps right after its socket weakref (Modules/_ssl.c, unchanged
-3.8–3.13).  That pointer is trusted only after OpenSSL confirms it belongs to the connection's
-own ``SSL_CTX`` (read the same way from the SSLContext); if anything does not match, or
-libssl cannot be reached, the -PLUS data is simply absent and only plain SCRAM works.
+3.8–3.13).  Nothing is handed to OpenSSL before the object's layout is confirmed without
+dereferencing anything: the field after ``ssl`` must hold the address of the connection's own
+SSLContext object and the field before it NULL (memory BIO) or one of the weakrefs to the
+socket.  Builds whose object header differs (``Py_TRACE_REFS``, free-threaded) are not tried.
+Then OpenSSL must confirm the pointer belongs to that context's ``SSL_CTX``.  If anything does
+not match, or libssl cannot be reached, the -PLUS data is simply absent and only plain SCRAM
+works.
 tls-exporter is given for TLS 1.3 only, where RFC 9266 needs no extended-master-secret check;
 TLS 1.2 connections get tls-unique and tls-server-end-point.
 """
@@ -23,6 +27,8 @@ import hashlib
 import logging
 import ssl
 import sys
+import sysconfig
+import weakref
 
 from cryptography import x509
 
@@ -31,11 +37,18 @@ EXPORTER_LENGTH = 32
 
 _log = logging.getLogger("postillion.smtpd")
 _PTR = ctypes.sizeof(ctypes.c_void_p)
-# PyObject_HEAD is refcount + type pointer; PySSLSocket then has `Socket` and `ssl`, and
-# PySSLContext has `ctx` first.
+# PyObject_HEAD is refcount + type pointer; PySSLSocket then has `Socket` (weakref or NULL),
+# `ssl` and `ctx` (the PySSLContext), and PySSLContext has `ctx` (the SSL_CTX) first.
+_SOCKET_OFFSET = 2 * _PTR
 _SSL_OFFSET = 3 * _PTR
+_OWNER_CTX_OFFSET = 4 * _PTR
 _CTX_OFFSET = 2 * _PTR
-_KNOWN_LAYOUT = (3, 8) <= sys.version_info[:2] <= (3, 13) and sys.implementation.name == "cpython"
+_KNOWN_LAYOUT = (
+    (3, 8) <= sys.version_info[:2] <= (3, 13)
+    and sys.implementation.name == "cpython"
+    and not hasattr(sys, "getobjects")  # Py_TRACE_REFS: two more pointers in every object head
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")  # free-threaded: a larger object head
+)
 
 
 class _LibSSL:
@@ -77,11 +90,30 @@ def _libssl() -> _LibSSL | None:
 
 def _ssl_pointer(ssl_object: ssl.SSLObject | ssl.SSLSocket, lib: _LibSSL) -> int | None:
     """The connection's ``SSL *``, verified against its SSL_CTX; None when unsure."""
+    import _ssl
+
     inner = getattr(ssl_object, "_sslobj", None)
-    if type(inner).__name__ != "_SSLSocket" or not isinstance(ssl_object.context, ssl.SSLContext):
+    context = ssl_object.context
+    if (
+        type(inner) is not _ssl._SSLSocket
+        or not isinstance(context, _ssl._SSLContext)
+        or type(inner).__basicsize__ < _OWNER_CTX_OFFSET + _PTR
+        or _ssl._SSLContext.__basicsize__ < _CTX_OFFSET + _PTR
+    ):
         return None
-    ssl_ptr = ctypes.c_void_p.from_address(id(inner) + _SSL_OFFSET).value
-    ctx_ptr = ctypes.c_void_p.from_address(id(ssl_object.context) + _CTX_OFFSET).value
+    # Only reads inside the two objects so far; their values decide whether the offsets are right.
+    base = id(inner)
+    socket_ref = ctypes.c_void_p.from_address(base + _SOCKET_OFFSET).value
+    owner_ctx = ctypes.c_void_p.from_address(base + _OWNER_CTX_OFFSET).value
+    if owner_ctx != id(context):
+        return None
+    if isinstance(ssl_object, ssl.SSLSocket):
+        if socket_ref not in {id(r) for r in weakref.getweakrefs(ssl_object)}:
+            return None
+    elif socket_ref is not None:  # an SSLObject works on memory BIOs: no socket
+        return None
+    ssl_ptr = ctypes.c_void_p.from_address(base + _SSL_OFFSET).value
+    ctx_ptr = ctypes.c_void_p.from_address(id(context) + _CTX_OFFSET).value
     if not ssl_ptr or not ctx_ptr or lib.get_ctx(ssl_ptr) != ctx_ptr:
         return None
     return ssl_ptr

@@ -73,3 +73,44 @@ def test_every_scheme_from_real_doveadm(scheme: str) -> None:
     assert stored.startswith("{" + scheme + "}")
     assert schemes.verify(stored, password) is True
     assert schemes.verify(stored, password + "x") is False
+
+
+# Stored forms Dovecot 2.3.19 accepts besides its own output (each checked with
+# `doveadm pw -t STORED -p pencil` → "(verified)"): an encoding guessed from the length when
+# there is no .HEX/.B64 suffix, {MD5} holding a PLAIN-MD5 digest, and PLAIN with a suffix.
+DOVECOT_ACCEPTS = [
+    "{SHA256}13809668fb436386706f67dcb052ed584a04ba16a8c02a17d66d34c30fceda21",
+    "{MD5}a8f6830bce790a8a67fc2e84e12093ba",
+    "{MD5}qPaDC855Copn/C6E4SCTug==",
+    "{PLAIN-MD5}qPaDC855Copn/C6E4SCTug==",
+    "{SHA}d2fc512490a15036460b5489401439d6da5407fa",
+    "{PLAIN.B64}cGVuY2ls",
+]
+
+
+@pytest.mark.parametrize("stored", DOVECOT_ACCEPTS)
+def test_encodings_dovecot_guesses(stored: str) -> None:
+    assert schemes.verify(stored, "pencil") is True
+    assert schemes.verify(stored, "pencil!") is False
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(shutil.which("doveadm") is None, reason="doveadm (dovecot-core) not installed")
+@pytest.mark.parametrize("stored", DOVECOT_ACCEPTS)
+def test_encodings_dovecot_guesses_agree_with_doveadm(stored: str) -> None:
+    result = subprocess.run(["doveadm", "pw", "-t", stored, "-p", "pencil"], capture_output=True,
+                            text=True)
+    assert (result.returncode, result.stdout.strip()) == (0, f"{stored} (verified)")
+
+
+def test_md5_scheme_still_takes_md5_crypt() -> None:
+    stored = "{MD5}" + unixcrypt.crypt("pencil", "$1$abcdefgh$")
+    assert schemes.verify(stored, "pencil") is True
+    assert schemes.verify(stored, "pencil!") is False
+
+
+@pytest.mark.parametrize("count", ["0", "99999999999", "²"])
+def test_scram_iteration_count_out_of_range_is_a_scheme_error(count: str) -> None:
+    stored = DOVEADM["SCRAM-SHA-256"].replace("{SCRAM-SHA-256}4096,", "{SCRAM-SHA-256}" + count + ",")
+    with pytest.raises(schemes.SchemeError):
+        schemes.verify(stored, "secret")
