@@ -228,6 +228,35 @@ def test_open_relay(port25: Server) -> None:
         "✘ no AUTH before TLS", "✘ relay without AUTH refused"]
 
 
+def test_relay_check_uses_a_domain_the_server_does_not_accept() -> None:
+    # example.net is one of ours here: accepting it is no relaying, so the doctor must ask
+    # for an outside domain instead (and not report an open relay).
+    s = make_server(main={"relay_domains": "example.net", "mynetworks": "10.0.0.0/8"})
+    try:
+        s.add_user("alice")
+        s.start()
+        code, lines = doctor(s, "--service", str(s.ports["smtp"]), user=None)
+        relay = [line for line in lines if "relay" in line]
+        assert relay == ["✔ relay without AUTH refused (454 4.7.1 <doctor@example.com>: Relay access "
+                         "denied)"]
+    finally:
+        cleanup(s)
+
+
+def test_relay_recipient_choice() -> None:
+    from postillion.config import Params
+    from postillion.doctor.dialogue import relay_recipient
+
+    def pick(**main: str) -> str | None:
+        return relay_recipient(Params.from_dict({"myhostname": "mail.example.test", **main}))
+
+    assert pick() == "doctor@example.net"
+    assert pick(mydestination="example.net") == "doctor@example.com"
+    assert pick(relay_domains=".net, example.com") == "doctor@doctor.invalid"
+    assert pick(virtual_mailbox_domains="example.net example.com invalid") is None
+    assert pick(virtual_alias_domains="hash:/etc/postfix/virtual") == "doctor@example.net"
+
+
 @pytest.mark.parametrize("restriction", ["", "reject_sender_login_mismatch"])
 def test_sender_login_mismatch(restriction: str) -> None:
     s = make_server()

@@ -367,12 +367,12 @@ def inspect_message(content: bytes, checks: ContentChecks, ctx: MessageContext) 
             if header_class is not None:  # message/rfc822 without headers: treat as body
                 header_class = None
         if boundaries and raw.startswith(b"--"):
-            stripped = raw.rstrip(b"\r\n \t")
+            # mime_state.c compares only the boundary's length: "--BOUNDARY" then anything.
             hit = next((i for i in range(len(boundaries) - 1, -1, -1)
-                        if stripped in (b"--" + boundaries[i], b"--" + boundaries[i] + b"--")), None)
+                        if raw.startswith(boundaries[i], 2)), None)
             if hit is not None:
                 _body(state, raw, 0)
-                closing = stripped.endswith(b"--") and stripped != b"--" + boundaries[hit]
+                closing = raw.startswith(b"--", 2 + len(boundaries[hit]))
                 del boundaries[hit + (0 if closing else 1):]
                 offset = 0
                 if not closing:

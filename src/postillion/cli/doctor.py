@@ -9,6 +9,7 @@ line of standard input (never from the command line, where ps(1) would show it).
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def main(config_dir: Path, argv: list[str]) -> int:
     if opts.password_stdin:
         if opts.user is None:
             parser.error("--password-stdin needs --user")
-        password = sys.stdin.readline().rstrip("\r\n")
+        if sys.stdin.isatty():
+            # Typed at a terminal: without echo (getpass talks to the terminal itself).
+            password = getpass.getpass("Password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
     elif opts.user is not None:
         parser.error("--user needs --password-stdin")
     checkup = run_checks(config_dir, user=opts.user, password=password, host=opts.host,

@@ -64,7 +64,8 @@ POSTFIX_ONLY_RESTRICTIONS = frozenset({
 # Lists in which a table is looked up (each item is type:name).
 TABLE_PARAMETERS = ("smtpd_sender_login_maps", "local_recipient_maps", "alias_maps",
                     "virtual_alias_maps", "virtual_mailbox_maps", "transport_maps",
-                    "smtp_sasl_password_maps")
+                    "smtp_sasl_password_maps", "header_checks", "mime_header_checks",
+                    "nested_header_checks", "body_checks")
 # Tables whose entries follow aliases(5) or are read by a delivery agent's own parser.
 _UNOPENED_TABLE_PARAMETERS = frozenset({"alias_maps", "local_recipient_maps"})
 _TLS_LEVELS = ("", "none", "may", "encrypt")
@@ -469,21 +470,30 @@ def _check_restrictions(out: _Collector, params: Params) -> None:
 
 def _check_tables(out: _Collector, params: Params) -> None:
     for pname in TABLE_PARAMETERS:
+        if pname in ("mime_header_checks", "nested_header_checks") and not params.is_set(pname):
+            continue  # $header_checks by default: already checked once under that name
         value = _safe_get(params, pname)
         for table in split_list(value or ""):
             problem = _table_problem(table)
             if problem:
                 out.add(ERROR, params.origin(pname) or params.origin("alias_maps"), pname,
                         problem, _TABLE_FIX)
-            elif pname not in _UNOPENED_TABLE_PARAMETERS:
+            elif pname not in _UNOPENED_TABLE_PARAMETERS or (
+                    pname == "alias_maps" and table.startswith(("regexp:", "pcre:"))):
                 # Open it as the server will: a bad inline: entry or a texthash: file with a
-                # broken line must stop `start`, not kill every worker later.
+                # broken line must stop `start`, not kill every worker later; rules a
+                # regexp:/pcre: table skips are only warnings, as Postfix logs them.
                 from postillion.tables import open_table
+                from postillion.tables.aliases import open_alias_maps
 
                 try:
-                    open_table(table, params.config_dir)
+                    opened = (open_alias_maps(table, params.config_dir)[0]
+                              if pname == "alias_maps" else open_table(table, params.config_dir))
                 except ConfigError as exc:
                     out.add(ERROR, params.origin(pname), pname, f"{table}: {exc.message}", exc.fix)
+                    continue
+                for text in getattr(opened, "warnings", ()):
+                    out.add(WARNING, params.origin(pname), pname, text, "fix or remove that rule")
 
 
 # --- security warnings -------------------------------------------------------------------

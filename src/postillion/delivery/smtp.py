@@ -356,7 +356,7 @@ class SmtpAgent:
         while i < len(targets) and open_rcpts:
             target = targets[i]
             final = i == len(targets) - 1 or (self.session_limit > 0 and sessions + 1 >= self.session_limit)
-            endpoint = self._endpoint_label(target, nexthop.host)
+            endpoint = self._endpoint_label(target, request.nexthop)
             session = await self._reuse(endpoint) if caching and use_tls else None
             if session is None:
                 try:
@@ -390,12 +390,14 @@ class SmtpAgent:
                  f"[{nexthop.host.lower()}]", f"[{nexthop.host.lower()}]:{nexthop.port}"}
         return bool(names & self.cache_destinations)
 
-    def _endpoint_label(self, target: Target, nexthop_host: str) -> str:
+    def _endpoint_label(self, target: Target, request_nexthop: str) -> str:
         label = f"[{target.address}]:{target.port}"
-        # Credentials and certificate names depend on the nexthop: such sessions are only
-        # shared between deliveries to the same nexthop (Postfix puts them in the label).
+        # Credentials (looked up by server name, then by the request's nexthop as written:
+        # "[relay]:587" and "relay:587" can have different ones) and certificate names depend
+        # on both: such sessions are only shared when both are the same (Postfix puts the
+        # request nexthop in the label).
         if self.sasl_enable or self.tls_level in ("verify", "secure"):
-            label += f"/{nexthop_host.lower()}"
+            label += f"/{request_nexthop.strip().lower()}/{target.host.lower()}"
         return label
 
     async def _reuse(self, label: str) -> _Session | None:

@@ -3,7 +3,8 @@
 Owns: the steps ``no AUTH before TLS``, ``TLS handshake`` (STARTTLS, or implicit TLS for a
 ``smtpd_tls_wrappermode`` service) with the certificate it presents, ``AUTH PLAIN over TLS`` and
 ``AUTH LOGIN over TLS`` (235 expected), ``relay without AUTH refused`` (MAIL FROM:<doctor@
-example.org> RCPT TO:<doctor@example.net>) and ``sender login mismatch refused``.  Nothing is
+example.org> RCPT TO:<doctor@example.net>, or .com / .invalid when the server accepts mail for
+example.net) and ``sender login mismatch refused``.  Nothing is
 ever sent past RCPT: every transaction ends with RSET and QUIT.
 Must not import: server, cli.
 Follows: RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH; 235, 535, 454),
@@ -182,14 +183,42 @@ def check_auth(t: Target, mechanism: str, user: str, password: str) -> Step:
         _quit(smtp)
 
 
-def _transaction(smtp: smtplib.SMTP, sender: str, recipient: str) -> tuple[bool, str]:
-    """(accepted, last reply) for MAIL + RCPT; never DATA."""
+def _transaction(smtp: smtplib.SMTP, sender: str, recipient: str) -> tuple[bool | None, str]:
+    """(accepted, last reply) for MAIL + RCPT; never DATA.  None: MAIL FROM was refused,
+    so RCPT was not tried and nothing is known about the recipient."""
     code, text = smtp.mail(sender)
     if code != 250:
-        return False, _reply(code, text)
+        return None, _reply(code, text)
     code, text = smtp.rcpt(recipient)
     smtp.rset()
     return code == 250, _reply(code, text)
+
+
+def _listed(domain: str, params: Params, names: tuple[str, ...]) -> bool:
+    """Is ``domain`` (or a parent, as ".parent" or parent_domain_matches_subdomains does)
+    named in one of these domain-list parameters?  Only names count: tables and files are
+    not opened (virtual_alias_domains defaults to $virtual_alias_maps, which lists addresses)."""
+    for pname in names:
+        for item in params.get_list(pname):
+            item = item.lower()
+            if ":" in item or item.startswith("/"):
+                continue
+            if domain == item or domain.endswith("." + item.lstrip(".")):
+                return True
+    return False
+
+
+_LOCAL_DOMAIN_LISTS = ("mydestination", "relay_domains", "virtual_alias_domains",
+                       "virtual_mailbox_domains")
+
+
+def relay_recipient(params: Params) -> str | None:
+    """An address outside every domain this server accepts mail for: only such a recipient
+    tests relaying.  None when every candidate is listed (or hidden in a table)."""
+    for domain in ("example.net", "example.com", "doctor.invalid"):
+        if not _listed(domain, params, _LOCAL_DOMAIN_LISTS):
+            return f"doctor@{domain}"
+    return None
 
 
 def _in_mynetworks(params: Params, client: str) -> bool:
@@ -209,20 +238,30 @@ def _in_mynetworks(params: Params, client: str) -> bool:
 
 def check_relay(t: Target, params: Params) -> Step:
     name = "relay without AUTH refused"
+    recipient = relay_recipient(params)
+    if recipient is None:
+        return failed(name, "cannot pick a recipient outside mydestination, relay_domains and "
+                            "virtual_*_domains (they list example.net, example.com and "
+                            "doctor.invalid)",
+                      "try by hand: MAIL FROM:<you@example.org> and RCPT TO: an outside address "
+                      "without AUTH must be refused")
     try:
         smtp = _tls_session(t)
     except (OSError, smtplib.SMTPException) as exc:
         return failed(name, f"no TLS session: {exc}", "see the TLS steps above")
     try:
         client = smtp.sock.getsockname()[0] if smtp.sock else ""
-        accepted, reply = _transaction(smtp, RELAY_SENDER, RELAY_RECIPIENT)
+        accepted, reply = _transaction(smtp, RELAY_SENDER, recipient)
     except (OSError, smtplib.SMTPException) as exc:
         return failed(name, f"the session broke: {exc}", "look at the maillog")
     finally:
         _quit(smtp)
+    if accepted is None:
+        return failed(name, f"MAIL FROM:<{RELAY_SENDER}> was refused ({reply}), so relaying could "
+                            "not be tried", "look at smtpd_sender_restrictions and the maillog")
     if not accepted:
         return passed(name, reply)
-    cause = (f"open relay: RCPT TO:<{RELAY_RECIPIENT}> from {client} without AUTH got {reply}")
+    cause = (f"open relay: RCPT TO:<{recipient}> from {client} without AUTH got {reply}")
     lists = params.get_list("smtpd_relay_restrictions") + params.get_list("smtpd_recipient_restrictions")
     if "permit_mynetworks" in lists and _in_mynetworks(params, client):
         cause += f" (permit_mynetworks: {client} is in mynetworks = {params.get('mynetworks')})"

@@ -18,6 +18,7 @@ from pathlib import Path
 from postillion.errors import ConfigError
 from postillion.tables._base import Table, fold, read_table_file, split_words
 from postillion.tables._registry import open_table, split_spec
+from postillion.tables.regexp import PcreTable, RegexpTable
 
 # Indexed types whose source file is an aliases(5) file when named in alias_maps.
 INDEXED_TYPES = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"})
@@ -99,6 +100,10 @@ def open_alias_maps(value: str, config_dir: Path | str) -> list[Table]:
             table = AliasFileTable(name, Path(config_dir))
             table.spec = f"{type_name}:{name}"
             tables.append(table)
+        elif type_name in ("regexp", "pcre"):
+            # local(8) opens alias_maps with DICT_FLAG_NO_REGSUB: no $1 in results
+            cls = PcreTable if type_name == "pcre" else RegexpTable
+            tables.append(cls(name, Path(config_dir), substitution=False))
         else:
             tables.append(open_table(word, config_dir))
     return tables

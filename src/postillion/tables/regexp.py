@@ -23,6 +23,10 @@ the ``m`` flag (as REG_NEWLINE does).
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,54 @@ _POSIX_CLASSES = {
     "graph": r"!-~", "cntrl": r"\x00-\x1f\x7f", "xdigit": "0-9A-Fa-f", "word": "a-zA-Z0-9_",
 }
 _CLASS_NAME = re.compile(r"\[:([a-z]+):\]")
+
+
+# PCRE stops a match after match_limit steps; Python re has no such limit, so a pattern like
+# /^(a+)+$/ would hold the process for hours on 40 characters.  A timer signal stands in for
+# it (sre checks for signals while it matches).  Postfix's text: "match limit exceeded".
+MATCH_TIME_LIMIT = 0.25  # seconds: a rule still matching at two ticks this far apart is stopped
+
+
+class _MatchLimit(Exception):
+    """One rule ran longer than MATCH_TIME_LIMIT against one key."""
+
+
+class _Watchdog:
+    """Ticks every MATCH_TIME_LIMIT while one key is matched.  ``rule`` counts the rules
+    started (one increment per rule keeps the cost off each match); a tick that sees the
+    same count as the tick before stops that rule."""
+
+    def __init__(self) -> None:
+        self.rule = 0
+        self.seen = -1
+        self.active = True
+
+    def tick(self, signum: int, frame: object) -> None:
+        if not self.active:
+            return
+        if self.rule == self.seen:
+            raise _MatchLimit()
+        self.seen = self.rule
+
+
+@contextmanager
+def _watchdog() -> Iterator[_Watchdog]:
+    """Only in the main thread, and only when nobody else uses SIGALRM or the real-time
+    timer; otherwise the watchdog never ticks (no limit)."""
+    dog = _Watchdog()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None)
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+        yield dog
+        return
+    signal.signal(signal.SIGALRM, dog.tick)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, MATCH_TIME_LIMIT, MATCH_TIME_LIMIT)
+        yield dog
+    finally:
+        dog.active = False  # a tick already pending must not raise after we return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 class _Unsupported(Exception):
@@ -69,9 +121,16 @@ def _bracket(p: str, i: int, *, pcre: bool, newline_excluded: bool) -> tuple[str
     first = True
     while i < len(p):
         c = p[i]
-        if c == "]" and not first:
-            out.append("]")
-            return "".join(out), i + 1
+        if c == "]":
+            if not first:
+                out.append("]")
+                return "".join(out), i + 1
+            # A leading "]" is literal: escaped, because after the newline that the "m"
+            # flag adds behind "^" it would close the Python set.
+            out.append("\\]")
+            first = False
+            i += 1
+            continue
         first = False
         if c == "[" and p.startswith("[:", i):
             m = _CLASS_NAME.match(p, i)
@@ -331,9 +390,13 @@ class RegexpTable:
     TYPE = "regexp"
     FLAGS = "imx"
 
-    def __init__(self, name: str, config_dir: Path | None = None) -> None:
+    def __init__(self, name: str, config_dir: Path | None = None, *,
+                 substitution: bool = True) -> None:
         self.spec = f"{self.TYPE}:{name}"
         self.warnings: list[str] = []
+        # alias_maps open with Postfix's DICT_FLAG_NO_REGSUB: recipient text must never reach
+        # a "|command" or "/file" result through $1.
+        self.substitution = substitution
         if name.lstrip().startswith("{"):
             # Postfix 3.7 inline form: each { rule } is one line of an in-memory file
             self.path: Path | str = self.spec
@@ -416,6 +479,8 @@ class RegexpTable:
         if not rest:
             self._warn(lineno, "no replacement text: using empty string")
         result = parse_result(rest, ngroups=regex.groups, negated=negated)
+        if not self.substitution and any(isinstance(p, int) for p in result):
+            raise _Skip("regular expression substitution is not allowed: skipping this rule")
         return _Rule("match", lineno, regex, negated, anchored, tuple(result))
 
     def _flags(self, flags_text: str, defaults: dict[str, bool]) -> dict[str, bool]:
@@ -435,7 +500,10 @@ class RegexpTable:
     # -- lookups
     def match(self, key: str) -> str | None:
         """The result of the first rule that matches *key*, substituted; None if none."""
-        data = key.encode("utf-8", "surrogateescape")
+        with _watchdog() as dog:
+            return self._match(key.encode("utf-8", "surrogateescape"), dog)
+
+    def _match(self, data: bytes, dog: _Watchdog) -> str | None:
         rules = self._rules
         i = 0
         while i < len(rules):
@@ -444,7 +512,17 @@ class RegexpTable:
                 i += 1
                 continue
             assert rule.regex is not None
-            m = rule.regex.match(data) if rule.anchored else rule.regex.search(data)
+            dog.rule += 1
+            try:
+                m = rule.regex.match(data) if rule.anchored else rule.regex.search(data)
+            except _MatchLimit:
+                # Postfix logs this and goes on as if the pattern did not match; the text
+                # is kept once per rule (the table lives as long as the process).
+                text = f"{self.TYPE} map {self.path}, line {rule.lineno}: match limit exceeded"
+                if text not in self.warnings:
+                    self.warnings.append(text)
+                m = None
+            dog.rule += 1
             if rule.kind == "if":
                 i = i + 1 if (m is None) == rule.negated else rule.skip_to
                 continue

@@ -280,6 +280,9 @@ class SqliteTable:
             rows = self._db.execute(sql).fetchall()
         except sqlite3.Error as exc:
             raise TableLookupError(f"{self.spec}: SQL query failed: {exc}") from exc
+        except ValueError as exc:
+            # A NUL or a byte that is not UTF-8 in the key: sqlite3 refuses the SQL text.
+            raise TableLookupError(f"{self.spec}: SQL query failed: {exc}") from exc
         results: list[str] = []
         for row in rows:
             value = row[0] if row else None

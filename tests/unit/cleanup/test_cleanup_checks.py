@@ -158,3 +158,16 @@ def test_always_bcc_added_once() -> None:
     assert added_recipients(["b@example.org"], ["x@example.net"], "B@example.org") == ["x@example.net"]
     assert added_recipients(["b@example.org"], [], "archive@example.net") == ["archive@example.net"]
     assert added_recipients(["b@example.org"], [], "") == []
+
+
+def test_boundary_matched_by_its_length_as_mime_state() -> None:
+    # mime_state.c compares strlen(boundary) bytes after "--": "--BBx" starts a part (its
+    # headers go to mime_header_checks), "--BB--x" closes the multipart.
+    msg = (b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BBx\r\nX-Part: 1\r\n\r\nbody\r\n"
+           b"--BB--junk\r\nepilogue\r\n")
+    seen: dict[str, list[str]] = {"mime": [], "body": []}
+    c = ContentChecks(mime_header_checks=lambda s: seen["mime"].append(s),
+                      body_checks=lambda s: seen["body"].append(s))
+    assert inspect_message(msg, c, CTX).content == msg
+    assert seen == {"mime": ["Content-Type: multipart/mixed; boundary=BB", "X-Part: 1"],
+                    "body": ["--BBx", "body", "--BB--junk", "epilogue"]}

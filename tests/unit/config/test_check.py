@@ -248,3 +248,17 @@ def test_client_reject_does_not_hide_a_missing_relay_restriction(tmp_path: Path)
         "smtpd_relay_restrictions nor smtpd_recipient_restrictions rejects unauthorized "
         "destinations; mail will be refused with 451 4.3.5 Server configuration error; "
         'end smtpd_relay_restrictions with "reject_unauth_destination"']
+
+
+def test_skipped_pattern_rules_are_warnings(tmp_path: Path) -> None:
+    """Rules a regexp:/pcre: table skips (Postfix logs them when it opens the map) are check
+    warnings, including $1 in alias_maps, which local(8) never substitutes."""
+    (tmp_path / "hc").write_text("/^Subject: (.*)/ REJECT $2\n")
+    (tmp_path / "al").write_text('/^(.*)-run$/ "|/bin/echo $1"\n')
+    (tmp_path / "main.cf").write_text("header_checks = regexp:hc\nalias_maps = pcre:al\n")
+    found = [(d.severity, d.name, d.message) for d in check_config(tmp_path)]
+    assert ("warning", "header_checks", f'regexp map {tmp_path}/hc, line 1: out of range '
+            'replacement index "2": skipping this rule') in found
+    assert ("warning", "alias_maps", f"pcre map {tmp_path}/al, line 1: regular expression "
+            "substitution is not allowed: skipping this rule") in found
+    assert not [f for f in found if f[1] in ("mime_header_checks", "nested_header_checks")]

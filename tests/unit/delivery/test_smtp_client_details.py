@@ -150,6 +150,20 @@ def test_cache_destinations_enable_caching_when_on_demand_is_off() -> None:
     assert run(go()) == (1, [1, 2])
 
 
+def test_sasl_session_not_shared_between_nexthops_written_differently() -> None:
+    # "[h]:port" and "h:port" may have different smtp_sasl_password_maps entries: a session
+    # authenticated for one must not carry mail for the other, even to the same address.
+    async def go():
+        async with serve_smtp() as peer:
+            a = agent(smtp_sasl_auth_enable="yes")
+            hops = [f"[127.0.0.1]:{peer.port}", f"127.0.0.1:{peer.port}", f"[127.0.0.1]:{peer.port}"]
+            out = [await a.deliver(request(hop, "u@x.test")) for hop in hops]
+            await a.aclose()
+            return len(peer.sessions), [r[0].conn_use for r in out]
+
+    assert run(go()) == (2, [1, 1, 2])
+
+
 def test_rejected_transaction_gets_a_final_rset_and_is_cached() -> None:
     from postillion.replies import R
 

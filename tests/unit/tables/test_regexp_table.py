@@ -122,3 +122,37 @@ def test_inline_form() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="open: no such file"):
         open_table("regexp:nothere", tmp_path)
+
+
+def test_leading_bracket_in_negated_set_with_m_flag(tmp_path: Path) -> None:
+    # postmap -q: "bx" -> BRK, "]x" and "ax" -> not found (the first "]" is literal).
+    t = table(tmp_path, "regexp", "/[^]a]x/m BRK\n")
+    assert [t.match(k) for k in ("bx", "]x", "ax")] == ["BRK", None, None]
+
+
+@pytest.mark.parametrize("kind", ["regexp", "pcre"])
+@pytest.mark.timeout(60, method="thread")  # the signal method would take SIGALRM, which the limit needs
+def test_runaway_match_is_stopped_like_pcre_match_limit(tmp_path: Path, kind: str) -> None:
+    import time
+
+    t = table(tmp_path, kind, "/^(a+)+$/ EXP\n/b$/ LATER\n")
+    start = time.monotonic()
+    assert t.match("a" * 40 + "b") == "LATER"
+    assert time.monotonic() - start < 5
+    assert t.match("a" * 40 + "b") == "LATER"
+    assert t.warnings == [f"{kind} map {tmp_path / 't'}, line 1: match limit exceeded"]
+    assert t.match("aaa") == "EXP"
+
+
+@pytest.mark.parametrize("kind", ["regexp", "pcre"])
+def test_alias_maps_refuse_substitution(tmp_path: Path, kind: str) -> None:
+    """local(8) opens alias_maps without $n substitution (DICT_FLAG_NO_REGSUB), so recipient
+    text cannot reach a |command; other rules of the table still work."""
+    from postillion.tables.aliases import open_alias_maps
+
+    (tmp_path / "aliases").write_text('/^(.*)-run$/ "|/bin/echo $1"\n/^team$/ a, b\n')
+    (table,) = open_alias_maps(f"{kind}:aliases", tmp_path)
+    assert table.warnings == [f"{kind} map {tmp_path / 'aliases'}, line 1: regular expression "
+                              "substitution is not allowed: skipping this rule"]
+    assert asyncio.run(table.lookup("x;rm -rf /-run")) is None
+    assert asyncio.run(table.lookup("team")) == "a, b"

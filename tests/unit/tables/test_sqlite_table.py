@@ -133,6 +133,15 @@ def test_sql_error_is_a_lookup_error(tmp_path: Path, db: Path) -> None:
         lookup(t, "alice@example.test")
 
 
+@pytest.mark.parametrize("key", ["alice\0@example.test", "caf\udce9@example.test"])
+def test_unqueryable_key_is_a_lookup_error(tmp_path: Path, db: Path, key: str) -> None:
+    # A NUL, or an 8-bit byte kept as a surrogate, cannot go into SQL text: a lookup
+    # failure (451), not an exception that ends the session.
+    t = make(tmp_path, db, QUERY)
+    with pytest.raises(TableLookupError, match=r"^sqlite:.*: SQL query failed: "):
+        lookup(t, key)
+
+
 def test_database_is_read_only(tmp_path: Path, db: Path) -> None:
     t = make(tmp_path, db, "query = DELETE FROM logins WHERE address='%s'\n")
     with pytest.raises(TableLookupError, match="readonly"):
