@@ -27,6 +27,9 @@ queue directory in the order the file system returns; the order of the queues th
 (deferred before hold) is compared as it is.  The three recipients are chosen so that
 Postfix's qmgr delivery order (sorted by domain) is also their envelope order.
 
+Mail still in the maildrop (pickup stopped in Postfix, no queue manager in postillion) is
+compared the same way: showq lists it first, without a status mark, as queue "maildrop".
+
 Postfix's postsuper reports on stderr only when it is a terminal, so it runs on a pty.
 Needs root (Postfix's master); skipped when a Postfix program is missing.
 """
@@ -94,7 +97,7 @@ def mailq_blocks(text: str) -> tuple[str, list[str], str, list[str]]:
     lines = [normalise_mailq_line(x) for x in text.split("\n")]
     assert lines[-1] == "", text
     heading, body, total = lines[0], "\n".join(lines[1:-2]), lines[-2]
-    blocks = body.split("\n\n")
+    blocks = [b.strip("\n") for b in body.split("\n\n")]  # the last one ends in a newline
     marks = [b.split(" ", 1)[0] for b in blocks]
     return heading, sorted(blocks), total, marks
 
@@ -244,3 +247,43 @@ def test_postsuper_messages_match_postfix(postfix, ours) -> None:
         "postsuper: warning: invalid mail queue id: bad.id\npostsuper: Deleted: 0 messages\n")
     assert both(["-d", "ALL"], ["delete", "ALL"]) == "postsuper: Deleted: 4 messages\n"
     assert pf.postqueue("-p") == postillion(srv.config_dir, "queue").stdout == "Mail queue is empty\n"
+
+
+def test_maildrop_listing_matches_postfix() -> None:
+    """Mail sendmail dropped that pickup has not taken yet: Postfix's showq lists its maildrop
+    (no status mark, queue_name "maildrop", the sender as postdrop recorded it)."""
+    import subprocess
+
+    from postfix_instance import SENDMAIL
+
+    submissions = [([], ["x@example.org"]), (["-f", ""], ["y@example.org", "z@example.org"])]
+    with running_postfix(f"myhostname = {HOST}\n") as pf:
+        master = pf.config / "master.cf"
+        master.write_text(re.sub(r"^pickup ", "#pickup ", master.read_text(), flags=re.M))
+        pf.run("/usr/sbin/postfix", "reload")
+        time.sleep(1)  # the old pickup finishes its current scan before it goes
+        for args, rcpts in submissions:
+            subprocess.run([SENDMAIL, "-C", str(pf.config), *args, *rcpts], input=BODY,
+                           text=True, check=True)
+        theirs = pf.postqueue("-p")
+        theirs_json = pf.postqueue("-j")
+    srv = make_server()  # no queue manager, so no pickup: drop files stay in maildrop/
+    try:
+        srv.start()
+        for args, rcpts in submissions:
+            subprocess.run([sys.executable, "-m", "postillion", "-c", str(srv.config_dir),
+                            "sendmail", *args, *rcpts], input=BODY, text=True, check=True)
+        mine = postillion(srv.config_dir, "queue").stdout
+        mine_json = postillion(srv.config_dir, "queue", "-j").stdout
+    finally:
+        cleanup(srv)
+    t_head, t_blocks, t_total, t_marks = mailq_blocks(theirs)
+    m_head, m_blocks, m_total, m_marks = mailq_blocks(mine)
+    assert (m_head, m_total, m_marks) == (t_head, t_total, t_marks)
+    assert m_blocks == t_blocks, f"ours:\n{mine}\nPostfix:\n{theirs}"
+    assert any(b.endswith(" root\n" + " " * 41 + "x@example.org") for b in t_blocks), theirs
+    assert any(b.endswith(" MAILER-DAEMON\n" + " " * 41 + "y@example.org\n" + " " * 41
+                          + "z@example.org") for b in t_blocks), theirs
+    assert sorted(normalise_json(x) for x in mine_json.splitlines()) == sorted(
+        normalise_json(x) for x in theirs_json.splitlines())
+    assert '"queue_name": "maildrop"' in theirs_json
