@@ -171,3 +171,24 @@ def test_sendmail_reject_bounces_to_the_sender() -> None:
         assert b"Diagnostic-Code: X-Postfix; message content rejected" in content
     finally:
         cleanup(server)
+
+
+def test_skipped_rule_is_logged_by_cleanup() -> None:
+    """A rule the table skips is logged as Postfix's cleanup does when it opens the map: once
+    per process that inspects mail, not once per message."""
+    server = make_server({"header_checks": "regexp:header_checks"})
+    (server.config_dir / "header_checks").write_text("/^Subject: (.*)/ WARN $2\n/^Subject: reject me/ REJECT\n")
+    server.start()
+    try:
+        start = server.mark()
+        for _ in range(4):
+            assert send(server, "ok")[1] == 250
+        assert send(server, "reject me") == ("5.7.1 message content rejected", 550)
+        server.settle()
+        expected = (f"warning: regexp map {server.config_dir / 'header_checks'}, line 1: "
+                    'out of range replacement index "2": skipping this rule')
+        logged = [x for x in server.log_lines(start) if x.endswith(expected)]
+        assert logged and all(re.match(r"postfix/cleanup(\[\d+\])?: ", x) for x in logged)
+        assert len(logged) == 1  # one smtpd worker (the harness default): logged once
+    finally:
+        cleanup(server)

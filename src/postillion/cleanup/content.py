@@ -26,6 +26,22 @@ CHECK_PARAMETERS = ("header_checks", "mime_header_checks", "nested_header_checks
 IN_MEMORY_TYPES = ("regexp", "pcre", "texthash", "inline", "static")
 
 _cache: dict[tuple[object, ...], ContentChecks] = {}
+# Every table opened for content inspection in this process, and how many of its warnings
+# (rules skipped when it was read, "match limit exceeded" since) have been logged.
+_tables: list[object] = []
+_reported: dict[int, int] = {}
+
+
+def new_table_warnings() -> list[str]:
+    """Warnings the check tables gave since the last call, for cleanup's log (Postfix logs a
+    skipped rule when cleanup opens the map, and a runaway pattern when it happens)."""
+    out: list[str] = []
+    for table in _tables:
+        warnings = getattr(table, "warnings", ())
+        done = _reported.get(id(table), 0)
+        out += [f"warning: {w}" for w in warnings[done:]]
+        _reported[id(table)] = len(warnings)
+    return out
 
 
 def _sync_lookup(table: object) -> Callable[[str], str | None]:
@@ -51,6 +67,7 @@ def open_checks(name: str, value: str, config_dir: Path) -> Lookup | None:
     if not value.strip():
         return None
     tables = open_tables(value, config_dir)
+    _tables.extend(tables)
     for t in tables:
         kind = t.spec.split(":", 1)[0].lower()
         if kind not in IN_MEMORY_TYPES:

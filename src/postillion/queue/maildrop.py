@@ -70,7 +70,7 @@ from postillion.cleanup.headers import (
     split_headers,
 )
 from postillion.cleanup.checks import CheckResult, ContentChecks, Disposition, MessageContext, inspect_message
-from postillion.cleanup.content import added_recipients, content_checks
+from postillion.cleanup.content import added_recipients, content_checks, new_table_warnings
 from postillion.config import Params
 from postillion.errors import PostillionError, QueueWriteError
 from postillion.maillog import printable
@@ -632,7 +632,7 @@ class Pickup:
         for text in warnings:
             self._warn(f"{queue_id}: {text}")
         self.log.info(pickup_line(queue_id, st.st_uid, sub.log_sender), process="pickup")
-        for line in result.log:
+        for line in (*new_table_warnings(), *result.log):
             self.log.info(line, process="cleanup")
         if result.filter is not None:
             self._warn(f"{queue_id}: FILTER {result.filter} ignored: no content_filter support")

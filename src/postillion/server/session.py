@@ -20,7 +20,7 @@ from postillion import replies
 from postillion.cleanup.headers import add_missing_headers
 from postillion.cleanup.received import received_header
 from postillion.cleanup.checks import Disposition, MessageContext, inspect_message
-from postillion.cleanup.content import added_recipients, content_checks
+from postillion.cleanup.content import added_recipients, content_checks, new_table_warnings
 from postillion.errors import AuthBackendError, AuthRejected, PostillionError, QueueWriteError, TableLookupError
 from postillion.maillog import CommandCounters, client_id
 from postillion.policy import PolicyContext
@@ -430,7 +430,7 @@ class Session:
                 recipient=tx.recipients[0].address, proto="ESMTP" if self.conn.esmtp else "SMTP",
                 helo=self.conn.helo_name,
             ))
-            for line in result.log:  # cleanup's lines, under cleanup's name as message_id's
+            for line in (*new_table_warnings(), *result.log):  # under cleanup's name
                 self.log.sink.emit(f"{self.log.main_syslog_name}/cleanup", line)
             if result.filter is not None:
                 self.log.warning(f"{pending.queue_id}: FILTER {result.filter} ignored: "
