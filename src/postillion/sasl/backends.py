@@ -218,7 +218,12 @@ class UserDBBackend:
 
 RIMAP_TAG = b"saslauthd"  # auth_rimap.c TAG
 NETWORK_IO_TIMEOUT = 30.0  # auth_rimap.c NETWORK_IO_TIMEOUT (seconds)
+# Ours: all of one check (connect, banner, LOGIN, answer) must end within this.  Cyrus arms its
+# alarm per read(), which ends with the first bytes, so a server dribbling a byte at a time could
+# hold a worker for ever; we read whole lines, so we bound them as a whole.
+RIMAP_DEADLINE = 30.0
 RESP_IERROR = "NO [ALERT] saslauthd internal error"
+RESP_SYNC = "NO [ALERT] error synchronizing with remote authentication server"  # banner read failed
 RESP_UNAVAILABLE = "NO [ALERT] The remote authentication server is currently unavailable"
 RESP_UNEXPECTED = "NO [ALERT] Unexpected response from remote authentication server"
 
@@ -251,17 +256,57 @@ def imap_string(value: bytes) -> tuple[bytes, bool]:
     return b"{%d}\r\n" % len(value), True
 
 
+class _DeadlineSocket:
+    """Line reads and writes on the rimap connection: each under the per-I/O ``timeout``, all
+    of them together before ``end`` (time.monotonic()); TimeoutError when either runs out."""
+
+    def __init__(self, sock: socket.socket, end: float, timeout: float) -> None:
+        self.sock, self.end, self.timeout = sock, end, timeout
+        self._buf = b""
+        self._eof = False
+
+    def _arm(self) -> None:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("rimap check deadline passed")
+        self.sock.settimeout(min(self.timeout, left))
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including LF, at most ``limit`` bytes; b"" at EOF (as file.readline)."""
+        while True:
+            lf = self._buf.find(b"\n", 0, limit)
+            if lf >= 0:
+                cut = lf + 1
+            elif len(self._buf) >= limit or self._eof:
+                cut = min(limit, len(self._buf))
+            else:
+                self._arm()
+                chunk = self.sock.recv(4096)
+                self._eof = not chunk
+                self._buf += chunk
+                continue
+            line, self._buf = self._buf[:cut], self._buf[cut:]
+            return line
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self.sock.sendall(data)  # the timeout bounds the whole sendall (Python >= 3.5)
+
+
 class RimapBackend:
     """``LOGIN`` against a remote IMAP server (auth_rimap.c): its ``OK``/``NO`` is the answer."""
 
     name = "rimap"
 
-    def __init__(self, host: str, port: int, *, timeout: float = NETWORK_IO_TIMEOUT) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host: str, port: int, *, timeout: float = NETWORK_IO_TIMEOUT,
+                 deadline: float = RIMAP_DEADLINE) -> None:
+        self.host, self.port, self.timeout, self.deadline = host, port, timeout, deadline
 
     def authenticate(self, login: str, password: str, service: str, realm: str) -> str:
+        end = time.monotonic() + self.deadline
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.host, self.port),
+                                            timeout=min(self.timeout, self.deadline))
         except ConnectionRefusedError:
             return "NO [ALERT] Remote authentication server refused connection request"
         except TimeoutError:
@@ -270,16 +315,19 @@ class RimapBackend:
             if exc.errno == errno.ENETUNREACH:
                 return "NO [ALERT] Remote authentication server is on an unreachable network"
             return "NO [ALERT] Couldn't contact remote authentication server"
-        with sock, sock.makefile("rb") as reader:
+        with sock:
+            conn = _DeadlineSocket(sock, end, self.timeout)
             try:
-                return self._dialogue(sock, reader, _raw(login), _raw(password))
-            except OSError:  # includes timeouts
+                banner = conn.readline(1000)
+            except OSError:  # includes timeouts; auth_rimap.c's text for a failed banner read
+                return RESP_SYNC
+            try:
+                return self._dialogue(conn, banner, _raw(login), _raw(password))
+            except OSError:  # includes timeouts and the deadline
                 return RESP_IERROR
 
-    def _dialogue(self, sock: socket.socket, reader: object, login: bytes,
+    def _dialogue(self, conn: _DeadlineSocket, banner: bytes, login: bytes,
                   password: bytes) -> str:
-        readline = reader.readline  # type: ignore[attr-defined]
-        banner = readline(1000)
         if banner.startswith((b"* NO", b"* BYE")):
             return RESP_UNAVAILABLE
         if not banner.startswith(b"* OK"):
@@ -289,16 +337,16 @@ class RimapBackend:
             text, literal = imap_string(value)
             pending += text
             if literal:
-                sock.sendall(pending)
-                reply = readline(1000)
+                conn.sendall(pending)
+                reply = conn.readline(1000)
                 if not reply.startswith(b"+"):
                     return RESP_UNEXPECTED
                 pending = value
             if i == 0:
                 pending += b" "
-        sock.sendall(pending + b"\r\n")
+        conn.sendall(pending + b"\r\n")
         while True:
-            line = readline(8192)
+            line = conn.readline(8192)
             if not line:
                 return RESP_IERROR
             if line.startswith(b"* "):
@@ -310,7 +358,7 @@ class RimapBackend:
             else:
                 return RESP_UNEXPECTED
             try:
-                sock.sendall(RIMAP_TAG + b" LOGOUT\r\n")
+                conn.sendall(RIMAP_TAG + b" LOGOUT\r\n")
             except OSError:
                 pass
             return outcome

@@ -8,6 +8,9 @@ Must not import: config, server, cli (``cli.auth_server`` wires a Verifier in).
 Follows: Dovecot 2.3 auth-request-handler.c and mech-plain.c/mech-login.c (what a real 2.3.19
 answers, checked live: no ``reason=`` for a wrong password, ``code=temp_fail`` for a backend
 failure, ``FAIL`` delayed by auth_failure_delay), Postfix 3.7 xsasl_dovecot_server.c (the client).
+A request still open ``REQUEST_TIMEOUT`` seconds after its ``AUTH`` (typically a LOGIN waiting
+for ``CONT``) is dropped without a reply, as Dovecot's auth_request_timeout() does; a later
+``CONT`` for it gets ``FAIL`` with ``reason=Authentication request timed out``.
 
 Mechanisms are the sans-IO ones from ``sasl.mechanisms``; passwords are checked by any
 ``Verifier`` (``UserDBVerifier`` runs argon2 in a worker thread), so the event loop never blocks.
@@ -39,6 +42,8 @@ FAILURE_DELAY = 2.0  # Dovecot auth_failure_delay default
 # Ours: requests one connection may have open at once (Postfix has one per smtpd process); a
 # client beyond it is dropped, so it cannot queue unbounded password checks.
 MAX_REQUESTS = 100
+# Dovecot's MASTER_AUTH_SERVER_TIMEOUT_SECS (master-interface.h): a request's whole life.
+REQUEST_TIMEOUT = 150.0
 MECHANISMS = (
     proto.Mech("PLAIN", frozenset({"plaintext"})),
     proto.Mech("LOGIN", frozenset({"plaintext"})),
@@ -57,8 +62,11 @@ _cuids = itertools.count(1)
 class _Request:
     def __init__(self, mech: Mechanism, req: proto.AuthRequest) -> None:
         self.mech = mech
+        self.mech_name = req.mechanism.lower()
         self.params = req.params
         self.accept_cont = False
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class DovecotAuthServer:
@@ -69,10 +77,12 @@ class DovecotAuthServer:
         verifier: Verifier,
         *,
         failure_delay: float = FAILURE_DELAY,
+        request_timeout: float = REQUEST_TIMEOUT,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.verifier = verifier
         self.failure_delay = failure_delay
+        self.request_timeout = request_timeout
         self.log = log or (lambda text: None)
         self._mechs = {m.name: m for m in MECHANISMS}
 
@@ -153,6 +163,9 @@ class DovecotAuthServer:
         finally:
             for task in tasks:
                 task.cancel()
+            for request in requests.values():
+                if request.timer is not None:
+                    request.timer.cancel()
             writer.close()
 
     def _auth(self, req: proto.AuthRequest, requests: dict[int, _Request],
@@ -171,7 +184,24 @@ class DovecotAuthServer:
                     req.id, code=proto.CODE_INVALID_BASE64, reason=INVALID_BASE64_INITIAL))
                 return
         request = requests[req.id] = _Request(mech, req)
+        loop = asyncio.get_running_loop()
+        request.started = loop.time()
+        request.timer = loop.call_later(self.request_timeout, self._expire, req.id, request,
+                                        requests)
         self._step(req.id, request, mech.start(data), requests, tasks, writer)
+
+    def _expire(self, request_id: int, request: _Request, requests: dict[int, _Request]) -> None:
+        """auth_request_timeout(): forget the request, silently, and free its slot."""
+        if not _finish(requests, request_id, request):
+            return
+        secs = int(asyncio.get_running_loop().time() - request.started)
+        rip = request.params.values.get("rip", "")
+        if request.accept_cont:
+            self.log(f"{request.mech_name}(?,{rip}): Request timed out waiting for client to "
+                     f"continue authentication ({secs} secs)")
+        else:
+            self.log(f"{request.mech_name}(?,{rip}): Request {request_id} timed out after "
+                     f"{secs} secs")
 
     def _cont(self, req: proto.ContRequest, requests: dict[int, _Request],
               tasks: set[asyncio.Task[None]], writer: asyncio.StreamWriter) -> None:
@@ -180,13 +210,13 @@ class DovecotAuthServer:
             writer.write(proto.fail_reply(req.id, reason=TIMED_OUT))
             return
         if not request.accept_cont:
-            del requests[req.id]
+            _finish(requests, req.id, request)
             writer.write(proto.fail_reply(req.id, reason=UNEXPECTED_CONT))
             return
         request.accept_cont = False
         data = _decode(req.data)
         if data is None:
-            del requests[req.id]
+            _finish(requests, req.id, request)
             writer.write(proto.fail_reply(
                 req.id, code=proto.CODE_INVALID_BASE64, reason=INVALID_BASE64_CONTINUED))
             return
@@ -254,6 +284,8 @@ def _finish(requests: dict[int, _Request], request_id: int, request: _Request) -
     if requests.get(request_id) is not request:
         return False
     del requests[request_id]
+    if request.timer is not None:
+        request.timer.cancel()
     return True
 
 

@@ -62,14 +62,28 @@ def read_sasldb(path: Path) -> list[SasldbUser]:
         parts = key.split(b"\0")
         if len(parts) != 3 or parts[2] != _PASSWORD_PROPERTY.encode():
             continue
-        user, realm = parts[0].decode("utf-8"), parts[1].decode("utf-8")
+        user, realm, password = (_text(path, parts[0], parts[1], what, raw) for what, raw in
+                                 (("user name", parts[0]), ("realm", parts[1]),
+                                  ("password", value)))
         if f"{user}@{realm}" in names:
-            users.append(SasldbUser(user, realm, value.decode("utf-8")))
+            users.append(SasldbUser(user, realm, password))
     return users
 
 
+def _text(path: Path, user: bytes, realm: bytes, what: str, raw: bytes) -> str:
+    """``raw`` as UTF-8, or a ConfigError naming the entry (the user database keeps text)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry = (user + b"@" + realm).decode("utf-8", "backslashreplace")
+        raise ConfigError(f"user {entry}: the {what} is not UTF-8", path=path,
+                          fix="re-encode it with saslpasswd2, or leave the user out and add it "
+                              "with postillion user add") from None
+
+
 def _run(argv: list[str]) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, errors="surrogateescape")
+    result = subprocess.run(argv, check=False, capture_output=True, text=True,
+                            errors="surrogateescape")
     if result.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.returncode}")
     return result.stdout

@@ -13,7 +13,11 @@ saslauthd(8).
 Differences from Cyrus, on purpose: worker *threads* in one process instead of worker
 processes (``-n``); the cache lives in memory and stores an HMAC-SHA256 of the password under a
 per-process random key (Cyrus keeps an unsalted MD5 in an mmap file); a read timeout for clients
-that connect and send nothing.
+that connect and send nothing.  At most ``PENDING_PER_WORKER * -n`` accepted connections are held
+at once (Cyrus's workers never accept more than they serve); beyond that we stop calling accept()
+and further clients wait in the kernel's listen backlog, as they do for Cyrus, instead of in our
+memory.  Requests are read before a worker thread is asked, so a silent client holds a connection
+slot for at most the read timeout and never a worker.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ DEFAULT_RUN_PATH = "/var/run/saslauthd"  # Debian's PATH_SASLAUTHD_RUNDIR
 DEFAULT_CACHE_TIMEOUT = 28800  # cache.h CACHE_DEFAULT_TIMEOUT (seconds)
 DEFAULT_WORKERS = 5  # saslauthd-main.c num_procs
 READ_TIMEOUT = 30.0  # ours: Cyrus waits forever for a silent client
+WRITE_TIMEOUT = 30.0  # ours: a client that never reads its answer frees its slot after this
+PENDING_PER_WORKER = 4  # ours: accepted connections held per worker before accept() pauses
 
 # syslog priorities as Cyrus's logger() uses them (utils.h L_ERR/L_INFO/L_DEBUG)
 L_ERR = syslog.LOG_ERR
@@ -220,15 +226,25 @@ class SaslauthdServer:
 
     def __init__(self, backend: Backend, *, workers: int = DEFAULT_WORKERS,
                  cache: CredentialCache | None = None, concat_realm: bool = False,
-                 log: SaslauthdLog | None = None, read_timeout: float = READ_TIMEOUT) -> None:
+                 log: SaslauthdLog | None = None, read_timeout: float = READ_TIMEOUT,
+                 write_timeout: float = WRITE_TIMEOUT, max_connections: int | None = None) -> None:
         self.backend = backend
         self.cache = cache
         self.concat_realm = concat_realm
         self.log = log or SaslauthdLog(verbose=False, stderr=None, use_syslog=False)
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.workers = workers
+        self.max_connections = max_connections or PENDING_PER_WORKER * workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saslauthd")
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def connections(self) -> int:
+        """Accepted connections not yet closed (at most ``max_connections``)."""
+        return len(self._connections)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection: read, authenticate, answer, close (ipc_unix.c do_request)."""
@@ -254,7 +270,11 @@ class SaslauthdServer:
 
     async def _send(self, writer: asyncio.StreamWriter, response: str) -> None:
         writer.write(encode_response(response))
-        await writer.drain()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await writer.drain()
+        except TimeoutError:
+            return
         # Cyrus's tx_rec() check compares with sizeof(count), so only 2-byte answers ("OK",
         # "NO") get this debug line; we keep that, so the two daemons' debug logs match.
         if len(response) == 2:
@@ -312,12 +332,51 @@ class SaslauthdServer:
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound and listening UNIX socket (see bind_socket)."""
-        self._server = await asyncio.start_unix_server(self.handle, sock=sock)
+        self._sock = sock
+        self._accepting = asyncio.create_task(self._accept_loop(sock))
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.max_connections)
+        while True:
+            # Taking the slot before accept() is what leaves the surplus in the kernel backlog.
+            await slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and friends: keep the daemon up, retry shortly
+                slots.release()
+                self.log.error_line("ipc_accept", f"accept: {exc.strerror or exc}")
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._connection(conn))
+            self._connections.add(task)
+
+            def done(task: asyncio.Task[None]) -> None:
+                self._connections.discard(task)
+                slots.release()
+
+            task.add_done_callback(done)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+        except OSError:
+            conn.close()
+            return
+        await self.handle(reader, writer)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -112,3 +112,49 @@ def test_no_late_answer_for_a_request_that_got_unexpected_continuation() -> None
         b"FAIL\t1\tuser=alice\n",
         b"CONT\t2\tVXNlcm5hbWU6\n",
     ]
+
+
+def test_request_waiting_for_cont_times_out_and_frees_its_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dovecot's auth_request_timeout(): no reply when it fires; a late CONT hears "timed out";
+    the expired requests no longer count against MAX_REQUESTS."""
+    monkeypatch.setattr(dovecot_server, "MAX_REQUESTS", 2)
+    logged: list[str] = []
+    user = base64.b64encode(b"alice")
+
+    async def run() -> list[bytes]:
+        server = DovecotAuthServer(_SlowUsers(0), failure_delay=0, request_timeout=0.3,
+                                   log=logged.append)
+        listener, port, errors = await _serve(server)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"VERSION\t1\t0\nAUTH\t1\tLOGIN\tservice=smtp\trip=192.0.2.7\n"
+                         b"AUTH\t2\tLOGIN\tservice=smtp\trip=192.0.2.7\n")
+            lines = [await reader.readline() for _ in range(HANDSHAKE_LINES + 2)]
+            with pytest.raises(TimeoutError):  # nothing is sent when the requests expire
+                async with asyncio.timeout(0.6):
+                    lines.append(await reader.readline())
+            writer.write(b"CONT\t1\t" + user + b"\n"
+                         b"AUTH\t3\tLOGIN\tservice=smtp\nAUTH\t4\tLOGIN\tservice=smtp\n")
+            lines += [await reader.readline() for _ in range(3)]
+            writer.close()
+            assert errors == []
+            return lines[HANDSHAKE_LINES:]
+        finally:
+            listener.close()
+
+    assert asyncio.run(run()) == [
+        b"CONT\t1\tVXNlcm5hbWU6\n",
+        b"CONT\t2\tVXNlcm5hbWU6\n",
+        b"FAIL\t1\treason=Authentication request timed out\n",
+        b"CONT\t3\tVXNlcm5hbWU6\n",
+        b"CONT\t4\tVXNlcm5hbWU6\n",
+    ]
+    expired = ("login(?,192.0.2.7): Request timed out waiting for client to continue "
+               "authentication (0 secs)")
+    assert logged == [expired, expired]
+
+
+def test_request_timeout_default_is_dovecots() -> None:
+    assert dovecot_server.REQUEST_TIMEOUT == 150.0  # MASTER_AUTH_SERVER_TIMEOUT_SECS
+    assert DovecotAuthServer(_SlowUsers(0)).request_timeout == 150.0

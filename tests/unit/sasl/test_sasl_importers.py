@@ -68,3 +68,26 @@ def test_passwd_file_duplicate_user(tmp_path: Path) -> None:
     f.write_text("carol:{PLAIN}x\ncarol:{PLAIN}y\n")
     with pytest.raises(ConfigError, match="listed twice"):
         importers.read_passwd_file(f)
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(shutil.which("saslpasswd2") is None or shutil.which("db5.3_dump") is None,
+                    reason="needs sasl2-bin and db5.3-util")
+def test_sasldb_latin1_password_is_an_error_naming_the_user(tmp_path: Path) -> None:
+    db = tmp_path / "sasldb2"
+    for user, password in [("alice", b"fine"), ("bob", b"p\xe4ss")]:  # bob's is ISO-8859-1
+        subprocess.run(["saslpasswd2", "-f", str(db), "-c", "-p", "-u", "example.org", user],
+                       input=password, check=True)
+    with pytest.raises(ConfigError) as info:
+        importers.read_sasldb(db)
+    assert info.value.message == "user bob@example.org: the password is not UTF-8"
+    assert info.value.path == db
+
+
+def test_sasldb_non_utf8_name_is_shown_escaped(tmp_path: Path) -> None:
+    db = tmp_path / "sasldb2"
+    assert importers._text(db, b"carl", b"example.org", "password", "pä".encode()) == "pä"
+    with pytest.raises(ConfigError) as info:
+        importers._text(db, b"j\xf6rg", b"example.org", "user name", b"j\xf6rg")
+    assert str(info.value).startswith(
+        f"{db}: user j\\xf6rg@example.org: the user name is not UTF-8; re-encode it")

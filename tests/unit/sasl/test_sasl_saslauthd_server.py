@@ -10,13 +10,20 @@ import asyncio
 import io
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from postillion.cli import testsaslauthd
 from postillion.errors import AuthBackendError
-from postillion.sasl.backends import RimapBackend, imap_string, parse_rimap_option
+from postillion.sasl.backends import (
+    RESP_IERROR,
+    RESP_SYNC,
+    RimapBackend,
+    imap_string,
+    parse_rimap_option,
+)
 from postillion.sasl.saslauthd import encode_request, saslauthd_check
 from postillion.sasl.saslauthd_server import (
     CacheLookup,
@@ -235,3 +242,117 @@ def test_rimap_dialogue_with_literal() -> None:
     listener.close()
     assert seen == [b'saslauthd LOGIN "erin" "q\\"uote"\r\n', b"saslauthd LOGOUT\r\n",
                     b'saslauthd LOGIN "erin" {3}\r\n', "pä\r\n".encode(), b"saslauthd LOGOUT\r\n"]
+
+
+class Gate(Recorder):
+    """A Recorder whose answers wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.waiting = 0
+
+    def authenticate(self, login: str, password: str, service: str, realm: str) -> str:
+        self.waiting += 1  # one worker thread: no race
+        self.entered.set()
+        self.gate.wait(10)
+        return super().authenticate(login, password, service, realm)
+
+
+def _wait_for(condition: object, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_accept_pauses_at_the_connection_bound_and_nothing_is_dropped(
+        tmp_path: Path, stoppers: list[list[object]]) -> None:
+    backend = Gate()
+    mux, _stream, handle = serve(tmp_path, backend, workers=1, max_connections=2)
+    stoppers.append(handle)
+    server = handle[1]
+    answers: list[bytes] = []
+
+    def client() -> None:
+        answers.append(ask(mux, encode_request("alice", "secret", "smtp", "")))
+
+    clients = [threading.Thread(target=client) for _ in range(5)]
+    for t in clients:
+        t.start()
+    backend.entered.wait(5)
+    time.sleep(0.3)  # time for the server to accept more, if it wrongly would
+    assert server.connections == 2  # type: ignore[attr-defined]  # the other 3 wait in the backlog
+    assert backend.waiting == 1
+    backend.gate.set()
+    for t in clients:
+        t.join(10)
+    assert answers == [b"\x00\x02OK"] * 5
+    assert len(backend.calls) == 5
+    _wait_for(lambda: server.connections == 0)  # type: ignore[attr-defined]
+
+
+def test_silent_client_holds_its_slot_only_until_the_read_timeout(
+        tmp_path: Path, stoppers: list[list[object]]) -> None:
+    backend = Recorder()
+    mux, _stream, handle = serve(tmp_path, backend, workers=1, max_connections=1,
+                                 read_timeout=0.5)
+    stoppers.append(handle)
+    server = handle[1]
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.settimeout(5)
+        silent.connect(str(mux))
+        _wait_for(lambda: server.connections == 1)  # type: ignore[attr-defined]
+        start = time.monotonic()
+        assert ask(mux, encode_request("alice", "secret", "smtp", "")) == b"\x00\x02OK"
+        waited = time.monotonic() - start
+        assert silent.recv(16) == b""  # closed without an answer, as Cyrus does for EOF
+    assert 0.3 < waited < 3.0
+    assert backend.calls == [("alice", "smtp", "")]
+
+
+def _imap_peer(script: object) -> tuple[int, threading.Thread, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            script(conn)  # type: ignore[operator]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return listener.getsockname()[1], t, listener
+
+
+def _dribble(conn: socket.socket, data: bytes, stop: threading.Event) -> None:
+    for byte in data:
+        if stop.wait(0.05):
+            return
+        try:
+            conn.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("phase, expected", [("banner", RESP_SYNC), ("answer", RESP_IERROR)])
+def test_rimap_overall_deadline_beats_a_dribbling_server(phase: str, expected: str) -> None:
+    """Each byte comes well within the per-read timeout; only the overall deadline stops it."""
+    stop = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        if phase == "answer":
+            conn.sendall(b"* OK ready\r\n")
+            conn.recv(1000)
+        _dribble(conn, b"x" * 900, stop)
+
+    port, t, listener = _imap_peer(script)
+    backend = RimapBackend("127.0.0.1", port, timeout=2.0, deadline=0.6)
+    start = time.monotonic()
+    try:
+        assert backend.authenticate("erin", "pw", "imap", "") == expected
+        assert time.monotonic() - start < 1.5
+    finally:
+        stop.set()
+        t.join(5)
+        listener.close()
