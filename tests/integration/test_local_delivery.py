@@ -4,7 +4,9 @@ A running server (supervisor as root, queue manager, `local unix - n n - - local
 system users made with useradd (removed afterwards).  Covered: Maildir files owned by the
 user with mode 0600, mbox delivery into a mail_spool_directory, alias members logged one line
 each with orig_to, `|command` members run as default_privs (root-owned aliases) or as the
-alias file's owner, unknown users bounced with Postfix's text, and EX_TEMPFAIL deferring.
+alias file's owner, unknown users bounced with Postfix's text, EX_TEMPFAIL deferring, and an
+alias file edited while the service runs taken without a reload (with the command's
+environment: ORIGINAL_RECIPIENT, CLIENT_ADDRESS; no EXTENSION without recipient_delimiter).
 """
 
 from __future__ import annotations
@@ -203,6 +205,24 @@ def test_command_exit_75_defers(mta: Server) -> None:
         assert time.monotonic() < deadline, mta.log_text()[-2000:]
         time.sleep(0.05)
     assert not re.search(rf"{qid}: removed", mta.log_text())
+
+
+def test_an_edited_alias_file_applies_without_a_reload(mta: Server, scratch: Path) -> None:
+    aliases = mta.config_dir / "aliases"
+    mark = mta.mark()
+    with aliases.open("a") as f:  # the service is running: it must notice the edit itself
+        f.write(f'envdump: "|env > {scratch}/env.out"\n')
+    qid = send(mta, ["envdump@localhost"])
+    [line] = local_lines(mta, qid, 1)
+    assert line.endswith(f"status=sent (delivered to command: env > {scratch}/env.out)"), line
+    mta.wait_for_log(rf"postfix/local\[\d+\]: table texthash:{re.escape(str(aliases))} has changed "
+                     r"-- reloading", start=mark)
+    env = dict(l.split("=", 1) for l in (scratch / "env.out").read_text().splitlines())
+    assert {k: env.get(k) for k in ("USER", "LOCAL", "EXTENSION", "DOMAIN", "RECIPIENT",
+                                    "ORIGINAL_RECIPIENT", "SENDER", "CLIENT_ADDRESS")} == {
+        "USER": "envdump", "LOCAL": "envdump", "EXTENSION": None, "DOMAIN": "localhost",
+        "RECIPIENT": "envdump@localhost", "ORIGINAL_RECIPIENT": "envdump@localhost",
+        "SENDER": "a@example.net", "CLIENT_ADDRESS": "127.0.0.1"}
 
 
 def test_mbox_in_the_mail_spool_directory(users: list[pwd.struct_passwd], scratch: Path) -> None:

@@ -21,6 +21,11 @@ root, mailboxes are written with the process's own rights (development mode), an
 or file is delivered only when the process already is the user it must run as; otherwise the
 recipient is deferred with a warning naming the privileged ``local`` service of master.cf.
 
+Aliases: before each request the files behind alias_maps are stat()ed; a changed file makes
+the agent re-open the tables (local(8) notices dict_changed_name() and restarts itself; we
+re-open in place and log "table NAME has changed -- reloading").  A change that does not
+parse keeps the previous tables, with a warning.
+
 Not implemented: ``mailbox_command`` (recipients are deferred with a warning, so nothing is
 lost), ``:include:`` ("mail to file is restricted"), ``.forward`` files, ``luser_relay``,
 ``owner-`` aliases, mailbox_transport/fallback_transport.
@@ -62,8 +67,8 @@ from postillion.delivery.maildir import (
 from postillion.delivery.mbox import Locking, MboxError, append, command_input, mbox_message, run_as
 from postillion.errors import ConfigError, PostillionError, TableLookupError
 from postillion.policy._lists import DomainList
-from postillion.tables import TableList
-from postillion.tables.aliases import open_alias_maps
+from postillion.tables import TableList, split_address, strip_extension
+from postillion.tables.aliases import AliasMaps
 
 RELAY = "local"
 # local/unknown.c: with no alias and no account, mail to these is discarded with a warning.
@@ -175,12 +180,14 @@ class LocalAgent:
     def __init__(
         self, params: Params, *, forwarder: Forwarder | None = None,
         warn: Callable[[str], None] | None = None,
+        info: Callable[[str], None] | None = None,
         on_member: Callable[[str, MemberResult], None] | None = None,
         getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
         getpwuid: Callable[[int], pwd.struct_passwd] = pwd.getpwuid,
     ) -> None:
         cfg = params.config_dir
-        self.aliases = TableList(open_alias_maps(params.get("alias_maps"), cfg))
+        # shared by the copies the local service makes per connection: a re-open is seen by all
+        self.alias_maps = AliasMaps(params.get("alias_maps"), cfg)
         self.mydestination = domain_list(params, "mydestination")
         self.naming = LocalNaming(is_local_domain=self.mydestination.match,
                                   myorigin=params.get("myorigin"),
@@ -197,11 +204,30 @@ class LocalAgent:
         self.hostname = params.get("myhostname") or socket.gethostname()
         self.forwarder = forwarder
         self.warn = warn or logging.getLogger("postillion.local").warning
+        self.info = info or logging.getLogger("postillion.local").info
         self.on_member = on_member
         self._getpwnam = getpwnam
         self._getpwuid = getpwuid
 
+    @property
+    def aliases(self) -> TableList:
+        return self.alias_maps.tables
+
+    def reload_aliases(self) -> None:
+        """Re-open alias_maps when a file behind it changed since the last look."""
+        refresh = self.alias_maps.refresh()
+        if not refresh.changed:
+            return
+        names = ", ".join(refresh.changed)
+        if refresh.error:
+            self.warn(f"table {names} has changed but cannot be reloaded: {refresh.error}; "
+                      "using the previous alias_maps")
+        else:
+            for name in refresh.changed:
+                self.info(f"table {name} has changed -- reloading")
+
     async def deliver(self, request: DeliveryRequest) -> list[RecipientResult]:
+        self.reload_aliases()
         results = []
         for index, rcpt in request.recipients:
             start = time.monotonic()
@@ -366,16 +392,7 @@ class LocalAgent:
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
         if not self._can_switch(request, rights, f"command {leaf.target}"):
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
-        local, _, domain = address.rpartition("@")
-        env = {"HOME": rights.home, "LOGNAME": leaf.user,
-               "USER": leaf.user, "SENDER": request.envelope.sender, "RECIPIENT": address,
-               "LOCAL": local or address, "SHELL": rights.shell}
-        if domain:
-            env["DOMAIN"] = domain
-        if leaf.extension:
-            env["EXTENSION"] = leaf.extension
-        # command.c: network data is censored with command_expansion_filter
-        env = {name: censor(value) for name, value in env.items()}
+        env = self._command_env(request, address, leaf, rights)
         env["PATH"] = COMMAND_PATH
         data = command_input(request.content, sender=request.envelope.sender,
                              original=address, delivered=address)
@@ -399,6 +416,45 @@ class LocalAgent:
             await proc.wait()
             return _Outcome("bounced", "5.3.0", f'Command time limit exceeded: "{leaf.target}"')
         return command_status(leaf.target, proc.returncode or 0, output)
+
+    def _command_env(self, request: DeliveryRequest, address: str, leaf: Leaf,
+                     rights: _Rights) -> dict[str, str]:
+        """local/command.c's environment, censored with command_expansion_filter.
+
+        The recipient is the address whose alias listed the command (recipient.c: LOCAL is
+        its local part in lower case, USER and LOGNAME that without the extension,
+        EXTENSION the text after the delimiter, DOMAIN the lower-cased domain); HOME and
+        SHELL are those of the account the command runs as; ORIGINAL_RECIPIENT is the
+        queued recipient.  Client and SASL attributes are exported when known."""
+        recipient = leaf.address or address
+        local, domain = split_address(recipient.lower())
+        bare = strip_extension(local, self.naming.recipient_delimiter)
+        user = bare if bare is not None else local
+        extension = local[len(bare) + 1:] if bare is not None else None
+        if extension is not None and "/" in extension:
+            self.warn(f"{request.queue_id}: address with illegal extension: {local}")
+            extension = None
+        env = {"LOGNAME": user, "USER": user, "SENDER": request.envelope.sender,
+               "RECIPIENT": recipient, "LOCAL": local}
+        if rights.home:
+            env["HOME"] = rights.home
+        if rights.shell:
+            env["SHELL"] = rights.shell
+        if "@" in recipient:
+            env["DOMAIN"] = domain
+        if extension is not None:
+            env["EXTENSION"] = extension
+        if address:
+            env["ORIGINAL_RECIPIENT"] = address
+        e = request.envelope
+        for name, value in (("CLIENT_HOSTNAME", e.client_name), ("CLIENT_ADDRESS", e.client_addr),
+                            ("CLIENT_HELO", e.helo_name), ("CLIENT_PROTOCOL", e.protocol),
+                            ("SASL_METHOD", e.sasl_method), ("SASL_SENDER", e.sasl_sender),
+                            ("SASL_USERNAME", e.sasl_username)):
+            if value:  # command.c EXPORT_REQUEST: only what is not empty
+                env[name] = value
+        # command.c: network data never reaches the shell unfiltered
+        return {name: censor(value) for name, value in env.items()}
 
     async def _file(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
         if "alias" not in self.allow_files:

@@ -17,7 +17,9 @@ Wire protocol, one connection per request (JSON objects, one per line; ``size`` 
 content follow a line that has ``size``):
 
     client:  {"queue_id", "sender", "nexthop", "recipients": [[index, address, orcpt]],
-              "size": N} + N bytes of queue content
+              "client": {name: value}, "size": N} + N bytes of queue content
+             ("client": the envelope's client and SASL attributes that are set, for the
+             CLIENT_* and SASL_* variables of |command deliveries)
     service: {"forward": {"recipients": [...], "sender": s}, "size": N} + N bytes
     client:  {"queue_id": ID} | {"error": text}
     service: {"results": [{rcpt, status, dsn, relay, text, xfer_time, address}, ...]}
@@ -50,6 +52,9 @@ SOCKET_NAME = "private/local"
 PRIVATE_MODE = 0o700  # Postfix: private/ is drwx------ postfix
 SOCKET_MODE = 0o600
 UNAVAILABLE = "mail transport unavailable"
+# Envelope attributes sent along with a request (local(8) exports them to commands).
+CLIENT_ATTRS = ("client_name", "client_addr", "helo_name", "protocol", "sasl_method",
+                "sasl_sender", "sasl_username")
 DEFAULT_SIZE_LIMIT = 10240000  # message_size_limit's default
 
 
@@ -175,6 +180,8 @@ class LocalServiceAgent:
                 "queue_id": request.queue_id, "sender": request.envelope.sender,
                 "nexthop": request.nexthop,
                 "recipients": [[i, r.address, r.orcpt] for i, r in request.recipients],
+                "client": {name: getattr(request.envelope, name) for name in CLIENT_ATTRS
+                           if getattr(request.envelope, name)},
             }, request.content)
             while True:
                 obj, data = await _receive(reader)
@@ -247,7 +254,8 @@ def _peer_uid(sock: Any) -> int | None:
 
 
 class LocalService:
-    """Serves delivery requests with one LocalAgent (aliases read when the service starts)."""
+    """Serves delivery requests with one LocalAgent (which re-opens alias_maps before a
+    request when one of its files changed)."""
 
     def __init__(self, agent: Any, log: QueueLog, allowed_uids: set[int],
                  max_size: int | None = None) -> None:
@@ -266,7 +274,11 @@ class LocalService:
             obj, content = await _receive(reader, self.max_size)
             recipients = [(int(i), Recipient(address=str(a), orcpt=o if o is None else str(o)))
                           for i, a, o in obj["recipients"]]
-            envelope = Envelope(sender=str(obj["sender"]), recipients=[r for _, r in recipients])
+            client = obj.get("client")
+            client = client if isinstance(client, dict) else {}
+            envelope = Envelope(sender=str(obj["sender"]), recipients=[r for _, r in recipients],
+                                **{name: client[name] for name in CLIENT_ATTRS
+                                   if isinstance(client.get(name), str)})
             request = DeliveryRequest(
                 queue_id=str(obj["queue_id"]), envelope=envelope,
                 content=content, recipients=recipients,
@@ -344,7 +356,8 @@ async def _serve(cfg: Configuration, listeners: list[Any], wctx: Any) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     params = cfg.params(listeners[0].service)
     log = QueueLog(params.get("syslog_name") or "postfix", sink=wctx.sinks)
-    agent = LocalAgent(params, warn=lambda text: log.warning(text, process="local"))
+    agent = LocalAgent(params, warn=lambda text: log.warning(text, process="local"),
+                       info=lambda text: log.info(text, process="local"))
     service = LocalService(agent, log, allowed_uids(params.get("mail_owner")),
                            max_size=request_limit(params))
     handlers: set[asyncio.Task[None]] = set()

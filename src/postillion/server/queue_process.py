@@ -58,7 +58,11 @@ def load_agents(params: Params, log: QueueLog, *, forwarder: Any = None,
         except (ImportError, AttributeError):
             continue  # not built yet: its mail is deferred with "mail transport unavailable"
         try:
-            agents[transport] = cls(params, forwarder=forwarder) if transport == "local" else cls(params)
+            agents[transport] = cls(
+                params, forwarder=forwarder,
+                warn=lambda text: log.warning(text, process="local"),
+                info=lambda text: log.info(text, process="local"),
+            ) if transport == "local" else cls(params)
         except ConfigError as exc:
             log.warning(f"transport {transport}: {exc}")
     return agents

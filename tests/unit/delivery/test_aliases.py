@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,13 @@ from postillion.delivery.aliases import (
 )
 from postillion.errors import ConfigError
 from postillion.tables import TableList, open_table
-from postillion.tables.aliases import AliasFileTable, open_alias_maps, parse_aliases
+from postillion.tables.aliases import (
+    AliasFileTable,
+    AliasMaps,
+    Refresh,
+    open_alias_maps,
+    parse_aliases,
+)
 
 
 def run(coro):
@@ -38,6 +45,57 @@ NAMING = LocalNaming(is_local_domain=_is_local, myorigin="mx.test", recipient_de
 
 
 # --- aliases(5) files
+
+
+def rewrite(path: Path, text: str, mtime: int) -> None:
+    """Write and set an mtime of its own, so the change never hides in one clock tick."""
+    path.write_text(text)
+    os.utime(path, (mtime, mtime))
+
+
+def test_alias_maps_reopen_when_a_file_changes(tmp_path: Path) -> None:
+    aliases, rules = tmp_path / "aliases", tmp_path / "aliases.regexp"
+    rewrite(aliases, "team: alice\n", 1_000_000)
+    rewrite(rules, "/^list-(.*)$/ carol\n", 1_000_000)
+    maps = AliasMaps("hash:aliases, regexp:aliases.regexp, inline:{x=y}", tmp_path)
+    first = maps.tables
+    assert maps.refresh() == Refresh()
+    assert maps.tables is first
+    rewrite(aliases, "team: bob\n", 1_000_001)
+    assert maps.refresh() == Refresh(changed=("hash:aliases",))
+    assert run(maps.tables.lookup("team")) == "bob"
+    assert run(first.lookup("team")) == "alice"  # an expansion in progress keeps its tables
+    assert maps.refresh() == Refresh()
+    rewrite(rules, "/^list-(.*)$/ ellen\n", 1_000_000)  # same size and mtime, new text
+    assert maps.refresh() == Refresh()  # what stat() cannot see, Postfix misses too
+    os.utime(rules, (1_000_002, 1_000_002))
+    assert maps.refresh() == Refresh(changed=("regexp:aliases.regexp",))
+    assert run(maps.tables.lookup("list-x")) == "ellen"
+    os.replace(tmp_path / "aliases", tmp_path / "old")  # an editor's rename: a new inode
+    rewrite(tmp_path / "new", "team: eve\n", 1_000_001)  # only the inode differs
+    os.replace(tmp_path / "new", aliases)
+    assert maps.refresh() == Refresh(changed=("hash:aliases",))
+    assert run(maps.tables.lookup("team")) == "eve"
+
+
+def test_alias_maps_keep_the_old_tables_when_the_change_is_broken(tmp_path: Path) -> None:
+    aliases = tmp_path / "aliases"
+    rewrite(aliases, "team: alice\n", 1_000_000)
+    maps = AliasMaps("texthash:aliases", tmp_path)
+    rewrite(aliases, "team alice\n", 1_000_001)
+    assert maps.refresh() == Refresh(
+        changed=("texthash:aliases",),
+        error=str(ConfigError("need name:value pair, got 'team alice'", path=aliases,
+                              lineno=1, fix='write it as "name: address, address"')))
+    assert run(maps.tables.lookup("team")) == "alice"
+    assert maps.refresh() == Refresh()  # the same broken file is not tried again
+    aliases.unlink()
+    refresh = maps.refresh()
+    assert refresh.changed == ("texthash:aliases",) and "open: no such file" in refresh.error
+    assert run(maps.tables.lookup("team")) == "alice"
+    rewrite(aliases, "team: bob\n", 1_000_002)
+    assert maps.refresh() == Refresh(changed=("texthash:aliases",))
+    assert run(maps.tables.lookup("team")) == "bob"
 
 
 def test_aliases_file_syntax(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import pwd
 import re
@@ -18,7 +19,7 @@ import pytest
 from postillion.config import Params
 from postillion.delivery import DeliveryRequest, RecipientResult, merge_member_results
 from postillion.delivery.aliases import Leaf
-from postillion.delivery.local import LocalAgent, MemberResult, censor
+from postillion.delivery.local import LocalAgent, MemberResult, _Rights, censor
 from postillion.delivery.maildir import (
     MaildirError,
     delivered_to_loop,
@@ -308,3 +309,96 @@ def test_alias_owner_with_group_0_gets_default_privs_group(homes: Path) -> None:
                 source=str(homes / "aliases"))
     rights = a._rights(leaf)
     assert (rights.uid, rights.gid, rights.name) == (OTHER_UID, nobody.pw_uid, "owner")
+
+
+# --------------------------------------------------------------- alias_maps changes, EXTENSION
+
+
+def test_changed_alias_file_applies_to_the_next_delivery(homes: Path) -> None:
+    aliases = homes / "aliases"
+    aliases.write_text("team: alice\n")
+    os.utime(aliases, (1_000_000, 1_000_000))
+    a, warnings, members = agent(homes, alias_maps="hash:aliases")
+    infos: list[str] = []
+    a.info = infos.append
+    assert deliver(a, request("team@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    assert infos == []
+    aliases.write_text("team: bob\n")
+    os.utime(aliases, (1_000_001, 1_000_001))
+    shared = copy.copy(a)  # the local service copies the agent per connection
+    assert deliver(shared, request("team@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")]
+    assert infos == ["table hash:aliases has changed -- reloading"]
+    assert [(m.to, m.orig_to) for m in members] == [("alice@mx.test", "team@mx.test"),
+                                                    ("bob@mx.test", "team@mx.test")]
+    assert only_message(homes / "bob" / "Maildir").startswith(
+        b"Return-Path: <a@example.org>\nX-Original-To: team@mx.test\n"
+        b"Delivered-To: team@mx.test\n")  # local(8): the recipient before aliasing
+    deliver(a, request("team@mx.test"))  # the original agent sees the new tables too
+    assert infos == ["table hash:aliases has changed -- reloading"]
+    assert len(list((homes / "bob" / "Maildir" / "new").iterdir())) == 2
+    assert warnings == []
+
+
+def test_broken_alias_edit_keeps_the_old_tables_with_a_warning(homes: Path) -> None:
+    aliases = homes / "aliases"
+    aliases.write_text("team: alice\n")
+    os.utime(aliases, (1_000_000, 1_000_000))
+    a, warnings, members = agent(homes, alias_maps="texthash:aliases")
+    aliases.write_text("team: alice\nbroken bob\n")
+    os.utime(aliases, (1_000_001, 1_000_001))
+    assert deliver(a, request("team@mx.test", "team@mx.test")) == [
+        ("sent", "2.0.0", "local", "delivered to maildir")] * 2
+    assert warnings == [
+        (f"table texthash:aliases has changed but cannot be reloaded: {aliases}:2: "
+         "need name:value pair, got 'broken bob'; write it as \"name: address, address\"; "
+         "using the previous alias_maps")]
+    assert [m.to for m in members] == ["alice@mx.test", "alice@mx.test"]
+
+
+def test_command_environment_names_the_recipient_like_recipient_c(homes: Path) -> None:
+    a, warnings, _ = agent(homes, {"nobody": 65534})
+    req = request("Top@mx.test", sender="")
+    leaf = Leaf("command", "Env+A;b@MX.Test", user="env", target="env")
+    who = _Rights(65534, 65534, "nobody", "/nonexistent", "/usr/sbin/nologin")
+    assert a._command_env(req, "Top@mx.test", leaf, who) == {
+        "LOGNAME": "env", "USER": "env", "SENDER": "", "RECIPIENT": "Env+A_b@MX.Test",
+        "LOCAL": "env+a_b", "HOME": "/nonexistent", "SHELL": "/usr/sbin/nologin",
+        "DOMAIN": "mx.test", "EXTENSION": "a_b", "ORIGINAL_RECIPIENT": "Top@mx.test",
+        "CLIENT_PROTOCOL": "ESMTP"}
+    bad = Leaf("command", "env+a/b@mx.test", user="env", target="env")
+    env = a._command_env(req, "env+a/b@mx.test", bad, who)
+    assert "EXTENSION" not in env and env["LOCAL"] == "env+a/b"
+    assert warnings == ["4ABCDEF: address with illegal extension: env+a/b"]
+    plain = a._command_env(req, "env@mx.test", Leaf("command", "env@mx.test", user="env"), who)
+    assert "EXTENSION" not in plain and plain["USER"] == "env"
+
+
+@pytest.mark.root
+def test_command_environment_has_every_postfix_variable(homes: Path) -> None:
+    out = homes / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    (homes / "aliases").write_text(f'env: "|env > {out}/env"\n')
+    nobody = pwd.getpwnam("nobody").pw_uid
+    a, warnings, _ = agent(homes, {"nobody": nobody}, alias_maps="texthash:aliases",
+                           allow_mail_to_commands="alias")
+    rcpts = [Recipient(address="Env+Tag;x@MX.test")]
+    envelope = Envelope(sender="s@example.org", recipients=rcpts, client_name="c.example",
+                        client_addr="192.0.2.1", helo_name="helo $(x)", protocol="ESMTPA",
+                        sasl_method="PLAIN", sasl_username="u`id`", sasl_sender=None)
+    req = DeliveryRequest(queue_id="4ABCDEF", envelope=envelope, content=CONTENT,
+                          recipients=list(enumerate(rcpts)), transport="local", nexthop="mx.test")
+    assert deliver(a, req) == [("sent", "2.0.0", "local", f"delivered to command: env > {out}/env")]
+    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    for name in ("PWD", "SHLVL", "_"):  # added by /bin/sh itself
+        env.pop(name, None)
+    assert env == {
+        "HOME": f"{homes}/nobody", "LOGNAME": "env", "USER": "env", "SHELL": "/bin/sh",
+        "SENDER": "s@example.org", "RECIPIENT": "Env+Tag_x@MX.test", "LOCAL": "env+tag_x",
+        "DOMAIN": "mx.test", "EXTENSION": "tag_x", "ORIGINAL_RECIPIENT": "Env+Tag_x@MX.test",
+        "CLIENT_HOSTNAME": "c.example", "CLIENT_ADDRESS": "192.0.2.1",
+        "CLIENT_HELO": "helo___x_", "CLIENT_PROTOCOL": "ESMTPA", "SASL_METHOD": "PLAIN",
+        "SASL_USERNAME": "u_id_", "PATH": "/usr/bin:/bin"}
+    assert warnings == []
