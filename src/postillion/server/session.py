@@ -612,7 +612,9 @@ class Session:
             mechanism=ev.mechanism,
             offered=list(self.conn.auth_mechanisms()),
             response_limit=ctx.settings.sasl_response_limit,
-            channel_bindings=self._channel_bindings(),
+            # only SCRAM looks at them: PLAIN/LOGIN need not pay for hashing the certificate
+            channel_bindings=(self._channel_bindings()
+                              if ev.mechanism.upper().startswith("SCRAM-") else None),
             hostname=ctx.myhostname,
         )
         await self._auth_step(self.exchange.start(ev.initial_response))
