@@ -156,16 +156,17 @@ def check_config(config_dir: Path | str) -> list[Diagnostic]:
             _check_names(out, cfg.params(service), referenced, derived,
                          only=service.overrides.keys())
     smtpd = [s for s in master.services if s.command == "smtpd"]
-    param_sets = [(None, cfg.params())] + [(s, cfg.params(s)) for s in smtpd]
-    for service, params in param_sets:
+    param_sets: list[tuple[Service | None, Params]] = (
+        [(None, cfg.params())] + [(s, cfg.params(s)) for s in smtpd])
+    for maybe_service, params in param_sets:
         _check_values(out, params)
-        _check_tls(out, params, service)
+        _check_tls(out, params, maybe_service)
         _check_restrictions(out, params)
         _check_tables(out, params)
-        _check_auth_without_tls(out, params, service)
+        _check_auth_without_tls(out, params, maybe_service)
         _check_sasl_conf(out, params)
-    for service, params in param_sets[1:] or param_sets:
-        _check_open_relay(out, params, service, cfg)
+    for maybe_service, params in param_sets[1:] or param_sets:
+        _check_open_relay(out, params, maybe_service, cfg)
     return out.items
 
 
@@ -231,9 +232,9 @@ def _check_duplicates(out: _Collector, cfg: Configuration) -> None:
                 f"overriding earlier entry at line {earlier.lineno}: "
                 f"{earlier.name}={earlier.value}",
                 "remove one of the two definitions")
-    for earlier, later in cfg.master.duplicates():
-        out.add(WARNING, Origin(cfg.master_cf, later.lineno), later.key,
-                f"overriding earlier entry at line {earlier.lineno} with the same service "
+    for first, second in cfg.master.duplicates():
+        out.add(WARNING, Origin(cfg.master_cf, second.lineno), second.key,
+                f"overriding earlier entry at line {first.lineno} with the same service "
                 "name and type", "remove or rename one of the two entries")
 
 
@@ -520,7 +521,7 @@ def _check_auth_without_tls(out: _Collector, params: Params, service: Service | 
     if level == "encrypt" or _safe_bool(params, "smtpd_tls_wrappermode") \
             or _safe_bool(params, "smtpd_tls_auth_only") or _safe_bool(params, "smtpd_enforce_tls"):
         return
-    where = f" ({service.key})" if _overrides_any(service, _AUTH_PARAMS) else ""
+    where = f" ({service.key})" if service is not None and _overrides_any(service, _AUTH_PARAMS) else ""
     out.add(WARNING, _origin_or_service(params, "smtpd_sasl_auth_enable", service),
             "smtpd_sasl_auth_enable",
             f"AUTH is offered without TLS{where}: passwords can be sent in cleartext",
@@ -542,7 +543,7 @@ def _check_open_relay(out: _Collector, params: Params, service: Service | None,
     name = "smtpd_relay_restrictions"
     origin = (params.origin(name) or params.origin("smtpd_recipient_restrictions")
               or (Origin(service.path, service.lineno) if service else None))
-    where = f"{service.key}: " if _overrides_any(service, _RELAY_PARAMS) else ""
+    where = f"{service.key}: " if service is not None and _overrides_any(service, _RELAY_PARAMS) else ""
     if not any(item in _STOPS_RELAY for items in lists for item in items):
         if _stranger_outcome(params, lists) == "permit":
             _warn_open_relay(out, origin, name, where)

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from postillion.config import Params
 from postillion.delivery import DeliveryRequest, RecipientResult
@@ -328,8 +328,8 @@ class LocalAgent:
     async def _append(self, path: str, message: bytes, *, spool: tuple[int, int],
                       user: tuple[int, int], regular_only: bool = True,
                       owner_uid: int | None = None, to_file: bool = False) -> None:
-        checks = {"regular_only": regular_only, "owner_uid": owner_uid,
-                  "dotlock_may_fail": to_file, "refuse_executable": to_file}
+        checks: dict[str, Any] = {"regular_only": regular_only, "owner_uid": owner_uid,
+                                  "dotlock_may_fail": to_file, "refuse_executable": to_file}
         if os.geteuid() == 0:
             warnings = await run_as(functools.partial(append, path, message,
                                                       locking=self.locking, spool=spool,

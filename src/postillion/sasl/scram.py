@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scramp.utils import ScramException, saslprep
+from scramp.utils import ScramException, saslprep  # type: ignore[import-untyped]
 
 from postillion.sasl.mechanisms import (
     AUTH_FAILURE,

@@ -95,7 +95,7 @@ def _ssl_pointer(ssl_object: ssl.SSLObject | ssl.SSLSocket, lib: _LibSSL) -> int
     inner = getattr(ssl_object, "_sslobj", None)
     context = ssl_object.context
     if (
-        type(inner) is not _ssl._SSLSocket
+        type(inner) is not _ssl._SSLSocket  # type: ignore[attr-defined]
         or not isinstance(context, _ssl._SSLContext)
         or type(inner).__basicsize__ < _OWNER_CTX_OFFSET + _PTR
         or _ssl._SSLContext.__basicsize__ < _CTX_OFFSET + _PTR

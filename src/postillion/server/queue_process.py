@@ -111,7 +111,7 @@ def bounce_builder(params: Params) -> Any:
 
     myhostname = params.get("myhostname")
     myorigin = params.get("myorigin") or myhostname
-    targets = dict(
+    targets: dict[str, Any] = dict(
         myorigin=myorigin,
         notify_classes=[c.lower() for c in params.get_list("notify_classes")],
         bounce_notice_recipient=params.get("bounce_notice_recipient") or "postmaster",

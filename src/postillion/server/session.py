@@ -416,7 +416,8 @@ class Session:
         # header_checks see smtpd's Received: (it is part of what cleanup receives) but not
         # the headers cleanup adds below, as in Postfix.
         content = received + ev.content
-        disposition, redirect, bcc = Disposition.ACCEPT, None, ()
+        disposition, redirect = Disposition.ACCEPT, None
+        bcc: tuple[str, ...] = ()
         try:
             checks = content_checks(ctx.params)  # opened once per worker
         except PostillionError as exc:
@@ -672,6 +673,7 @@ class Session:
             except AuthBackendError as exc:
                 backend_log = exc.log_line
                 action = exchange.backend_failed(exc.detail)
+        assert isinstance(action, Outcome), action  # a Lookup or Verify is always answered
         outcome = action
         self.exchange = None
         if outcome.backend_detail:
