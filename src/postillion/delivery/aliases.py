@@ -112,6 +112,7 @@ class LocalNaming:
     is_local_domain: Callable[[str], Awaitable[bool]]
     myorigin: str
     recipient_delimiter: str = ""
+    propagate_extension: bool = False  # propagate_unmatched_extensions lists "alias"
 
     def canonical(self, address: str) -> str:
         """A bare name in an alias value gets ``@$myorigin`` (trivial-rewrite's rule)."""
@@ -171,12 +172,17 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
                     add(Leaf("failed", addr, dsn="4.3.0", text="alias database unavailable",
                              via=via + (name,)))
                     return
+                # local/resolve.c: an extension the alias name did not match goes onto each
+                # member address that has none of its own, when "alias" is propagated
+                unmatched = extension if (name == bare and naming.propagate_extension) else None
                 for token in tokens:
                     chain = via + (name,)
                     if token.kind == "address":
                         member = token.value
                         target = ("\\" + naming.canonical(member[1:]) if member.startswith("\\")
                                   else naming.canonical(member))
+                        if unmatched:
+                            target = _with_extension(target, unmatched, naming.recipient_delimiter)
                         await walk(target, chain, name)
                     elif token.kind in ("command", "file"):
                         add(Leaf(token.kind, addr, user=user, target=token.value,
@@ -189,6 +195,15 @@ async def expand_local(address: str, aliases: TableList, naming: LocalNaming) ->
 
     await walk(address, (), None)
     return leaves
+
+
+def _with_extension(address: str, extension: str, delimiters: str) -> str:
+    """``bob@x`` + ``+foo`` -> ``bob+foo@x``; an address with an extension keeps its own."""
+    prefix = "\\" if address.startswith("\\") else ""
+    local, _, domain = address[len(prefix):].rpartition("@")
+    if strip_extension(local, delimiters) is not None:
+        return address
+    return f"{prefix}{local}{extension}@{domain}"
 
 
 async def _lookup(aliases: TableList, name: str) -> tuple[str | None, str]:

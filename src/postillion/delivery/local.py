@@ -191,7 +191,9 @@ class LocalAgent:
         self.mydestination = domain_list(params, "mydestination")
         self.naming = LocalNaming(is_local_domain=self.mydestination.match,
                                   myorigin=params.get("myorigin"),
-                                  recipient_delimiter=params.get("recipient_delimiter"))
+                                  recipient_delimiter=params.get("recipient_delimiter"),
+                                  propagate_extension="alias" in params.get_list(
+                                      "propagate_unmatched_extensions"))
         self.home_mailbox = params.get("home_mailbox").strip()
         self.mail_spool_directory = params.get("mail_spool_directory").strip() or "/var/mail"
         # raw: the command holds per-delivery macros ($EXTENSION, ...) expanded at use time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import os
 from pathlib import Path
@@ -158,6 +159,27 @@ def test_alias_lookup_with_then_without_extension() -> None:
     aliases = inline({"info": "alice", "info+sales": "bob"})
     assert [l.user for l in run(expand_local("info+sales@mx.test", aliases, NAMING))] == ["bob"]
     assert [l.user for l in run(expand_local("info+misc@mx.test", aliases, NAMING))] == ["alice"]
+
+
+def test_unmatched_extension_reaches_members_only_when_alias_is_propagated() -> None:
+    """propagate_unmatched_extensions (default "canonical, virtual") without and with "alias":
+    local/resolve.c puts the extension onto each member address that has none."""
+    aliases = inline({"info": "alice, bob+own@mx.test, carol@remote.example, |/bin/true"})
+    plain = run(expand_local("info+sales@mx.test", aliases, NAMING))
+    assert [l.address for l in plain] == ["alice@mx.test", "bob+own@mx.test",
+                                          "carol@remote.example", "info+sales@mx.test"]
+    naming = dataclasses.replace(NAMING, propagate_extension=True)
+    leaves = run(expand_local("info+sales@mx.test", aliases, naming))
+    assert [(l.kind, l.address, l.extension) for l in leaves] == [
+        ("mailbox", "alice+sales@mx.test", "+sales"),
+        ("mailbox", "bob+own@mx.test", "+own"),
+        ("forward", "carol+sales@remote.example", None),
+        ("command", "info+sales@mx.test", None),
+    ]
+    # an alias matched with its extension has nothing unmatched to pass on
+    exact = inline({"info+sales": "alice"})
+    assert [l.address for l in run(expand_local("info+sales@mx.test", exact, naming))] == [
+        "alice@mx.test"]
 
 
 def test_alias_that_names_itself_delivers_to_the_user() -> None:
