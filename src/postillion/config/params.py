@@ -3,7 +3,8 @@
 Owns: ``PARAMETERS`` (every parameter postillion implements: type, default exactly as
 ``postconf -d`` prints it, one-line doc), ``KNOWN_RESTRICTIONS``, ``SUPPORTED_TABLE_TYPES``,
 the list of all Postfix parameter names (``postfix_names()``), and ``Params``.
-Must not import: anything above ``postillion.errors`` (no server, queue, policy, cli).
+Must not import: anything above ``postillion.errors`` and ``postillion.tokens`` (no server, queue,
+policy, cli).
 Follows: postconf(5) of Postfix 3.7 for names and defaults, with the defaults of
 ``compatibility_level = 3.6`` written out resolved (``smtputf8_enable = yes``, ...), and
 the Postfix 3.9 defaults for ``smtpd_forbid_unauth_pipelining``/``smtpd_forbid_bare_newline``.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from postillion.errors import ConfigError
 from postillion.config.expand import expand
+from postillion.tokens import split_words
 
 ParamType = str  # "str" | "bool" | "int" | "time" | "size" | "list"
 PARAM_TYPES = frozenset({"str", "bool", "int", "time", "size", "list"})
@@ -469,27 +471,7 @@ def default_value(name: str, lookup: Callable[[str], str | None] | None = None) 
 
 def split_list(value: str) -> list[str]:
     """Split a Postfix list on commas/whitespace, keeping ``{ ... }`` groups whole (mystrtok)."""
-    items: list[str] = []
-    i, n = 0, len(value)
-    seps = ", \t\r\n"
-    while i < n:
-        while i < n and value[i] in seps:
-            i += 1
-        if i >= n:
-            break
-        start = i
-        depth = 0
-        while i < n:
-            c = value[i]
-            if c == "{":
-                depth += 1
-            elif c == "}" and depth > 0:
-                depth -= 1
-            elif depth == 0 and c in seps:
-                break
-            i += 1
-        items.append(value[start:i])
-    return items
+    return split_words(value)
 
 
 def parse_bool(value: str) -> bool | None:

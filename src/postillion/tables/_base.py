@@ -2,7 +2,7 @@
 
 Owns: ``Table`` (async ``lookup(key) -> str | None``), brace handling for ``{ ... }`` values,
 and the case folding rule.
-Must not import: anything above ``errors`` (no config, policy or server).
+Must not import: anything above ``errors`` and ``tokens`` (no config, policy or server).
 Follows: Postfix DATABASE_README and postconf(5) "type:name" tables; keys are folded to
 lower case like Postfix's DICT_FLAG_FOLD_FIX, values are returned as stored.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from postillion.errors import ConfigError
+from postillion.tokens import split_words as split_words  # re-exported for the table types
 
 
 @runtime_checkable
@@ -48,30 +49,6 @@ def strip_braces(text: str, *, spec: str, what: str = "value") -> str:
         raise ConfigError(f"missing '}}' in {what}: {text!r}", name=spec,
                           fix="close the { ... } group")
     return t[1:-1].strip()
-
-
-def split_words(text: str) -> list[str]:
-    """Split on commas and whitespace, keeping ``{ ... }`` groups whole (Postfix mystrtokq)."""
-    words: list[str] = []
-    i, n = 0, len(text)
-    seps = ", \t\r\n"
-    while i < n:
-        while i < n and text[i] in seps:
-            i += 1
-        if i >= n:
-            break
-        start, depth = i, 0
-        while i < n:
-            c = text[i]
-            if c == "{":
-                depth += 1
-            elif c == "}" and depth > 0:
-                depth -= 1
-            elif depth == 0 and c in seps:
-                break
-            i += 1
-        words.append(text[start:i])
-    return words
 
 
 def read_table_file(name: str, config_dir: Path | None, *, spec: str, fix: str) -> tuple[Path, str]:
