@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from postillion.cli.user import user_database_path
 from postillion.config import load_config
 from postillion.errors import ConfigError
 from postillion.sasl.dovecot_server import FAILURE_DELAY, DovecotAuthServer
@@ -51,11 +52,7 @@ def main(config_dir: Path, argv: list[str], *, stderr: TextIO | None = None) -> 
         return 2
     try:
         params = load_config(Path(config_dir)).params()
-        db = params.path("postillion_user_database")
-        if db is None:
-            raise ConfigError("is empty", name="postillion_user_database",
-                              fix="set it to a file name, e.g. $data_directory/users.sqlite")
-        verifier = UserDBVerifier(db, cache_ttl=params.get_time("postillion_auth_cache_ttl"))
+        verifier = UserDBVerifier(user_database_path(params), cache_ttl=params.get_time("postillion_auth_cache_ttl"))
     except ConfigError as exc:
         print(f"postillion: fatal: {exc}", file=err)
         return 1

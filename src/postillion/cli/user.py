@@ -57,10 +57,7 @@ def main(
         return 2
     try:
         params = load_config(Path(config_dir)).params()
-        path = params.path("postillion_user_database")
-        if path is None:
-            raise ConfigError("is empty", name="postillion_user_database",
-                              fix="set it to a file name, e.g. $data_directory/users.sqlite")
+        path = user_database_path(params)
         db = UserDB(
             path,
             scram_iterations=params.get_int("postillion_scram_iterations"),
@@ -90,6 +87,15 @@ def main(
     except (ConfigError, UserDBError, _PasswordError) as exc:
         print(f"postillion: {exc}", file=stderr)
         return 1
+
+
+def user_database_path(params: Params) -> Path:
+    """``postillion_user_database`` for the commands that manage or serve the store."""
+    path = params.path("postillion_user_database")
+    if path is None:
+        raise ConfigError("is empty", name="postillion_user_database",
+                          fix="set it to a file name, e.g. $data_directory/users.sqlite")
+    return path
 
 
 def _parse(argv: list[str]) -> tuple[str, str | None]:

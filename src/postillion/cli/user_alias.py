@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from postillion.cli.user import user_database_path
 from postillion.config import load_config
 from postillion.errors import ConfigError
 from postillion.sasl.aliases_store import AliasStore
@@ -39,11 +40,7 @@ def main(config_dir: Path, argv: list[str], *, stdout: TextIO | None = None,
         print(USAGE, file=stderr)
         return 2
     try:
-        path = load_config(Path(config_dir)).params().path("postillion_user_database")
-        if path is None:
-            raise ConfigError("is empty", name="postillion_user_database",
-                              fix="set it to a file name, e.g. $data_directory/users.sqlite")
-        store = AliasStore(path)
+        store = AliasStore(user_database_path(load_config(Path(config_dir)).params()))
         if command == "add":
             store.add(rest[0], rest[1])
         elif command == "del":
