@@ -39,7 +39,7 @@ from postillion.sasl import dovecot_client
 from postillion.sasl.mechanisms import SUPPORTED_MECHANISMS
 from postillion.sasl.saslauthd import DEFAULT_SOCKET, saslauthd_check, split_realm
 from postillion.sasl.userdb import UserDB, UserDBError
-from postillion.server.privileges import MailOwner, lookup_mail_owner
+from postillion.server.privileges import MailOwner, lookup_mail_owner, permits
 from postillion.server.runstate import RunPaths
 
 if TYPE_CHECKING:
@@ -211,14 +211,8 @@ def _blocked(owner: MailOwner, groups: set[int], socket_path: str) -> tuple[Path
             st = os.stat(current)
         except OSError:
             return None
-        bit = 0o2 if i == len(parts) - 1 else 0o1  # w on the socket, x on directories
-        if st.st_uid == owner.uid:
-            ok = bool(st.st_mode & (bit << 6))
-        elif st.st_gid in groups:
-            ok = bool(st.st_mode & (bit << 3))
-        else:
-            ok = bool(st.st_mode & bit)
-        if not ok:
+        bit = 2 if i == len(parts) - 1 else 1  # w on the socket, x on directories
+        if not permits(st, owner.uid, groups, bit):
             return current, st
     return None
 

@@ -113,6 +113,17 @@ def chown_tree(path: Path, owner_name: str) -> None:
         os.chown(p, owner.uid, owner.gid, follow_symlinks=False)
 
 
+def permits(st: os.stat_result, uid: int, groups: set[int], bit: int) -> bool:
+    """Whether a process with ``uid`` and ``groups`` has permission ``bit`` (1 search/execute,
+    2 write, 4 read) on a file with status ``st``: the owner class, else the group class, else
+    the others, as the kernel decides (no fallthrough between classes)."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in groups:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
 def unreadable_for(owner: MailOwner, paths: list[Path]) -> str | None:
     """The first directory on the way to one of ``paths`` that ``owner`` cannot enter, as a
     sentence with the fix, or None.  Workers import code after dropping privileges, so the
@@ -127,13 +138,7 @@ def unreadable_for(owner: MailOwner, paths: list[Path]) -> str | None:
                 break
             if not current.is_dir():
                 break
-            if st.st_uid == owner.uid:
-                ok = bool(st.st_mode & 0o100)
-            elif st.st_gid == owner.gid or st.st_gid in owner.groups:
-                ok = bool(st.st_mode & 0o010)
-            else:
-                ok = bool(st.st_mode & 0o001)
-            if not ok:
+            if not permits(st, owner.uid, {owner.gid, *owner.groups}, 1):
                 return (
                     f"mail_owner {owner.name} cannot enter {current} (mode {st.st_mode & 0o7777:04o}), "
                     f"so worker processes cannot load {target}; fix: chmod o+x {current}, "
