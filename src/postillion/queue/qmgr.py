@@ -303,11 +303,7 @@ class QueueManager:
         self, kind: str, entry: QueueEntry, outcomes: list[tuple[Recipient, RecipientStatus]]
     ) -> None:
         assert self.bounce is not None
-        for notice in self.bounce(kind, entry, outcomes, self.clock()):
-            new_id = await asyncio.to_thread(self._queue_notice, notice)
-            if new_id is not None:
-                to = "sender" if notice.sender == "" else "postmaster"
-                self.log.notification(entry.queue_id, _NOTICE_LOG[kind], new_id, to=to)
+        await asyncio.to_thread(self._queue_notices, kind, entry, outcomes)
 
     def bounce_unqueued(self, entry: QueueEntry, failed: list[RecipientStatus]) -> None:
         """Non-delivery notices for a message that never entered the queue: local submissions
@@ -315,13 +311,20 @@ class QueueManager:
         with a 5xx, so the sender gets a bounce).  Blocking; the caller then drops the input."""
         if self.bounce is None:
             return
-        pairs = [(entry.envelope.recipients[st.rcpt], st) for st in failed]
-        for notice in self.bounce("failure", entry, pairs, self.clock()):
+        self._queue_notices("failure", entry,
+                            [(entry.envelope.recipients[st.rcpt], st) for st in failed])
+        self.wake()
+
+    def _queue_notices(
+        self, kind: str, entry: QueueEntry, outcomes: list[tuple[Recipient, RecipientStatus]]
+    ) -> None:
+        """Build, queue and log the notices of ``kind`` for ``outcomes`` (blocking: fsyncs)."""
+        assert self.bounce is not None
+        for notice in self.bounce(kind, entry, outcomes, self.clock()):
             new_id = self._queue_notice(notice)
             if new_id is not None:
                 to = "sender" if notice.sender == "" else "postmaster"
-                self.log.notification(entry.queue_id, _NOTICE_LOG["failure"], new_id, to=to)
-        self.wake()
+                self.log.notification(entry.queue_id, _NOTICE_LOG[kind], new_id, to=to)
 
     def _queue_notice(self, notice: Notice) -> str | None:
         with self.store.begin() as pending:
