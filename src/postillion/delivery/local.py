@@ -384,16 +384,25 @@ class LocalAgent:
                   "(master.cf: local unix - n n - - local); mail stays queued")
         return False
 
-    async def _command(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
-        if "alias" not in self.allow_commands:
-            return _Outcome("bounced", "5.7.1", "mail to command is restricted")
+    def _alias_rights(self, request: DeliveryRequest, leaf: Leaf, allowed: set[str],
+                      what: str) -> _Rights | _Outcome:
+        """The rights a ``|command`` or ``/file`` member runs with, or the outcome that stops
+        it: restricted by allow_mail_to_commands/files, or no usable rights."""
+        if "alias" not in allowed:
+            return _Outcome("bounced", "5.7.1", f"mail to {what} is restricted")
         try:
             rights = self._rights(leaf)
         except ConfigError as exc:
             self.warn(f"{request.queue_id}: {exc}")
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
-        if not self._can_switch(request, rights, f"command {leaf.target}"):
+        if not self._can_switch(request, rights, f"{what} {leaf.target}"):
             return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        return rights
+
+    async def _command(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
+        rights = self._alias_rights(request, leaf, self.allow_commands, "command")
+        if isinstance(rights, _Outcome):
+            return rights
         env = self._command_env(request, address, leaf, rights)
         env["PATH"] = COMMAND_PATH
         data = command_input(request.content, sender=request.envelope.sender,
@@ -459,15 +468,9 @@ class LocalAgent:
         return {name: censor(value) for name, value in env.items()}
 
     async def _file(self, request: DeliveryRequest, address: str, leaf: Leaf) -> _Outcome:
-        if "alias" not in self.allow_files:
-            return _Outcome("bounced", "5.7.1", "mail to file is restricted")
-        try:
-            rights = self._rights(leaf)
-        except ConfigError as exc:
-            self.warn(f"{request.queue_id}: {exc}")
-            return _Outcome("deferred", "4.3.5", "mail system configuration error")
-        if not self._can_switch(request, rights, f"file {leaf.target}"):
-            return _Outcome("deferred", "4.3.5", "mail system configuration error")
+        rights = self._alias_rights(request, leaf, self.allow_files, "file")
+        if isinstance(rights, _Outcome):
+            return rights
         if leaf.target.endswith("/"):
             return await self._maildir(request, address, Path(leaf.target),
                                        Owner(rights.uid, rights.gid))
